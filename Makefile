@@ -1,0 +1,35 @@
+# vitkit developer commands. `make demo` installs and fine-tunes on a generated folder; `make test` runs the tests.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: install demo test test-fast lint format bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[dev]"
+	touch $(STAMP)
+
+demo: install
+	WANDB_MODE=offline $(BIN)/python scripts/demo.py
+
+test: install
+	$(BIN)/python -m pytest -q
+
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow"
+
+lint: install
+	$(BIN)/ruff check vitkit tests scripts benchmarks
+	$(BIN)/ruff format --check vitkit tests scripts benchmarks
+
+format: install
+	$(BIN)/ruff check --fix vitkit tests scripts benchmarks
+	$(BIN)/ruff format vitkit tests scripts benchmarks
+
+clean:
+	rm -rf $(VENV) runs demo_data .pytest_cache .ruff_cache *.egg-info

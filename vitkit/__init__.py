@@ -1,0 +1,28 @@
+"""vitkit: transfer learning with Vision Transformers on PyTorch Lightning and timm."""
+
+from vitkit.backbone import Backbone
+from vitkit.data import ClassFolderDataModule, ImageDataModule
+from vitkit.errors import DataError, VitkitError, WeightsError
+from vitkit.heads import LinearHead, MLPHead
+from vitkit.module import TransferModule
+from vitkit.schedulers import WarmupCosineLR
+from vitkit.tasks import Classification, Task
+from vitkit.writers import CSVPredictionWriter
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Backbone",
+    "CSVPredictionWriter",
+    "Classification",
+    "ClassFolderDataModule",
+    "DataError",
+    "ImageDataModule",
+    "LinearHead",
+    "MLPHead",
+    "Task",
+    "TransferModule",
+    "VitkitError",
+    "WarmupCosineLR",
+    "WeightsError",
+]

@@ -1,0 +1,134 @@
+"""Backbone: a timm encoder without its classifier, returning pooled embeddings."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from torch import nn
+
+from vitkit.errors import WeightsError
+
+log = logging.getLogger(__name__)
+
+#: Prefix of the backbone's tensors inside a vitkit (Lightning) checkpoint's ``state_dict``.
+CHECKPOINT_PREFIX = "backbone.model."
+
+
+class Backbone(nn.Module):
+    """A timm model created with ``num_classes=0``, so ``forward`` returns pooled features ``(B, num_features)``.
+
+    Args:
+        model_name: any ``timm.create_model`` name, e.g. ``vit_base_patch16_224.augreg_in21k_ft_in1k``.
+        pretrained: load timm's pretrained weights for ``model_name`` (from the Hugging Face hub or timm's cache).
+        weights: a local weights file instead: safetensors or ``.pth``/``.pt``/``.bin`` in timm's layout, or a vitkit
+            checkpoint (``.ckpt``) whose backbone is reused. Classifier tensors in the file are dropped.
+        model_kwargs: extra ``timm.create_model`` arguments (``img_size``, ``patch_size``, ``depth``,
+            ``drop_path_rate``, ``global_pool``, ``pretrained_cfg_overlay``, ...). ``None`` values are dropped.
+    """
+
+    def __init__(
+        self,
+        model_name: str,
+        pretrained: bool = False,
+        weights: str | Path | None = None,
+        model_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        if pretrained and weights is not None:
+            raise ValueError("Backbone: give either pretrained=True (hub weights) or weights=PATH, not both.")
+        kwargs = {k: v for k, v in (model_kwargs or {}).items() if v is not None}
+        kwargs.pop("num_classes", None)
+        self.model_name = model_name
+        self.model = timm.create_model(model_name, pretrained=pretrained, num_classes=0, **kwargs)
+        if weights is not None:
+            load_backbone_weights(self.model, weights)
+
+    @property
+    def num_features(self) -> int:
+        """Width of the pooled embedding returned by ``forward``."""
+        return self.model.num_features
+
+    @property
+    def data_config(self) -> dict[str, Any]:
+        """timm data config (input_size, interpolation, mean, std, crop_pct, crop_mode) for this model."""
+        config = timm.data.resolve_model_data_config(self.model)
+        # A ViT built with img_size=... keeps its pretrained cfg's input size; the patch embedding knows the truth.
+        img_size = getattr(getattr(self.model, "patch_embed", None), "img_size", None)
+        if img_size is not None and not getattr(self.model, "dynamic_img_size", False):
+            config["input_size"] = (config["input_size"][0], *tuple(img_size))
+        return config
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Unpooled token / feature-map output of the encoder."""
+        return self.model.forward_features(x)
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read tensors from a safetensors, torch (``weights_only``) or vitkit checkpoint file, without running code."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"weights file not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path), device="cpu")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # pickle refusing to run code, truncated files, non-torch files
+        raise WeightsError(
+            f"cannot read weights from {path}: {err}\n"
+            "vitkit loads .pth/.ckpt files with weights_only=True; re-save trusted weights as safetensors or a plain "
+            "state dict."
+        ) from err
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        state = obj["state_dict"]
+        if any(k.startswith(CHECKPOINT_PREFIX) for k in state):  # a vitkit checkpoint
+            return {k[len(CHECKPOINT_PREFIX) :]: v for k, v in state.items() if k.startswith(CHECKPOINT_PREFIX)}
+        obj = state
+    elif isinstance(obj, dict) and isinstance(obj.get("model"), dict):  # timm / DeiT training checkpoints
+        obj = obj["model"]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise WeightsError(f"{path} does not hold a state dict of tensors.")
+    return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def load_backbone_weights(model: nn.Module, path: str | Path) -> None:
+    """Load ``path`` into a timm ``model`` created with ``num_classes=0``; raise a listing of any mismatch."""
+    state = read_state_dict(path)
+    # timm's own per-architecture filter adapts layouts (e.g. resamples ViT position embeddings to img_size).
+    filter_fn = getattr(sys.modules.get(type(model).__module__), "checkpoint_filter_fn", None)
+    if filter_fn is not None:
+        try:
+            state = filter_fn(state, model)
+        except Exception as err:  # an incompatible file; the key/shape listing below explains it better
+            log.debug("timm checkpoint_filter_fn failed on %s: %s", path, err)
+    expected = model.state_dict()
+    classifier = model.pretrained_cfg.get("classifier") or "head"
+    classifiers = classifier if isinstance(classifier, (list, tuple)) else [classifier]
+    dropped = [k for k in state if k not in expected and any(k.startswith(f"{c}.") for c in classifiers)]
+    if dropped:
+        log.info("Dropping classifier tensors from %s: %s", path, ", ".join(dropped))
+    state = {k: v for k, v in state.items() if k not in dropped}
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    shapes = [
+        f"{k}: file {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in sorted(set(state) & set(expected))
+        if state[k].shape != expected[k].shape
+    ]
+    if missing or unexpected or shapes:
+        parts = [f"weights in {path} do not fit timm model '{type(model).__name__}':"]
+        for title, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", shapes)):
+            if items:
+                parts.append(f"  {title} ({len(items)}): " + ", ".join(items[:20]) + (" ..." if len(items) > 20 else ""))
+        parts.append("Check model_name and model_kwargs (img_size, patch_size, depth, ...) match the weights.")
+        raise WeightsError("\n".join(parts))
+    model.load_state_dict(state, strict=True)

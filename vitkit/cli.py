@@ -1,0 +1,84 @@
+"""The ``vitkit`` command: LightningCLI wiring a recipe's backbone, head, task, data and trainer together."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from lightning.pytorch.callbacks import (
+    BasePredictionWriter,
+    LearningRateMonitor,
+    ModelCheckpoint,
+    ProgressBar,
+    RichProgressBar,
+)
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from vitkit.data.base import ImageDataModule
+from vitkit.errors import VitkitError
+from vitkit.module import TransferModule
+from vitkit.writers import CSVPredictionWriter
+
+
+class VitkitCLI(LightningCLI):
+    """LightningCLI with vitkit's links and defaults.
+
+    - ``data.num_outputs`` and ``data.class_names`` are linked into the model: recipes never state them.
+    - ``checkpoint``: a ModelCheckpoint keeping the best epoch on ``checkpoint.monitor`` and the last one.
+    - LearningRateMonitor (when a logger is on), a Rich progress bar, and a CSV writer for ``predict`` are added
+      unless the recipe already has callbacks of those kinds.
+    - With ``--ckpt_path``, the model config comes from the checkpoint and no pretrained weights are re-loaded.
+    """
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.link_arguments("data.num_outputs", "model.num_outputs", apply_on="instantiate")
+        parser.link_arguments("data.class_names", "model.class_names", apply_on="instantiate")
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults(
+            {
+                "checkpoint.monitor": "val/loss",
+                "checkpoint.mode": "min",
+                "checkpoint.save_last": True,
+                "checkpoint.filename": "best-epoch{epoch:03d}",
+                "checkpoint.auto_insert_metric_name": False,
+            }
+        )
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        if config.get("ckpt_path") and config.get("model.backbone.init_args") is not None:
+            # The checkpoint holds the backbone's weights; fetching hub weights or the old file again is waste.
+            config["model.backbone.init_args.pretrained"] = False
+            config["model.backbone.init_args.weights"] = None
+
+    def instantiate_trainer(self, **kwargs: Any) -> Any:
+        key = f"{self.subcommand}.trainer" if self.subcommand else "trainer"
+        trainer_config = self.config_init.get(key) or {}
+        callbacks = list(trainer_config.get("callbacks") or [])
+        has = lambda kind: any(isinstance(c, kind) for c in callbacks)  # noqa: E731
+        if trainer_config.get("logger") is not False and not has(LearningRateMonitor):
+            callbacks.append(LearningRateMonitor(logging_interval="step"))
+        if trainer_config.get("enable_progress_bar", True) is not False and not has(ProgressBar):
+            callbacks.append(RichProgressBar())
+        if self.subcommand == "predict" and not has(BasePredictionWriter):
+            callbacks.append(CSVPredictionWriter())
+        return super().instantiate_trainer(callbacks=callbacks, **kwargs)
+
+
+def main(args: list[str] | None = None) -> None:
+    """Entry point of the ``vitkit`` console script."""
+    try:
+        VitkitCLI(
+            TransferModule,
+            ImageDataModule,
+            subclass_mode_data=True,
+            args=args,
+            save_config_kwargs={"overwrite": True},
+        )
+    except VitkitError as err:
+        print(f"vitkit: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,108 @@
+"""ImageDataModule: what every vitkit data module shares — timm transforms and DataLoaders."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import lightning as L
+import timm.data
+import torch
+from torch.utils.data import DataLoader
+
+from vitkit.data.images import ImageDataset, Sample
+
+STAGES = ("train", "val", "test", "predict")
+
+
+class ImageDataModule(L.LightningDataModule):
+    """Base class: subclasses implement :meth:`samples`, ``num_outputs`` and ``class_names``.
+
+    Transforms come from timm's ``create_transform`` with the data config of the model being trained
+    (input size, mean/std, interpolation, crop), so pretrained-weight statistics are never hard-coded.
+
+    Args:
+        batch_size: per-device batch size.
+        num_workers: DataLoader worker processes (per device).
+        image_size: override the model's input size (height = width); ViTs need ``img_size`` on the backbone instead.
+        augment: extra ``timm.data.create_transform`` arguments for training, e.g. ``{scale: [0.5, 1.0],
+            hflip: 0.5, auto_augment: rand-m9-mstd0.5, re_prob: 0.25, color_jitter: 0.4}``.
+        data_config: explicit timm data config; by default it is read from the model in ``setup``.
+    """
+
+    def __init__(
+        self,
+        batch_size: int = 32,
+        num_workers: int = min(4, os.cpu_count() or 1),
+        image_size: int | None = None,
+        augment: dict[str, Any] | None = None,
+        data_config: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.image_size = image_size
+        self.augment = dict(augment or {})
+        self.data_config = data_config
+        self.datasets: dict[str, ImageDataset] = {}
+
+    @property
+    def num_outputs(self) -> int:
+        """Size of the model's output layer (number of classes, labels or targets)."""
+        raise NotImplementedError
+
+    @property
+    def class_names(self) -> list[str] | None:
+        """Names of the outputs, stored in the model's checkpoint."""
+        return None
+
+    def samples(self, stage: str) -> list[Sample] | None:
+        """The ``(path, target)`` samples of ``stage`` (train/val/test/predict), or ``None`` if it has none."""
+        raise NotImplementedError
+
+    def resolved_data_config(self) -> dict[str, Any]:
+        """The timm data config used for transforms: explicit, else the attached model's, else timm's default."""
+        config = self.data_config
+        if config is None:
+            module = self.trainer.lightning_module if self.trainer is not None else None
+            config = getattr(module, "data_config", None) or timm.data.resolve_data_config({})
+        config = dict(config)
+        if self.image_size is not None:
+            config["input_size"] = (config["input_size"][0], self.image_size, self.image_size)
+        return config
+
+    def transform(self, train: bool) -> Any:
+        """timm's train (augmenting) or eval (resize + center crop) transform for the resolved data config."""
+        extra = self.augment if train else {}
+        return timm.data.create_transform(**self.resolved_data_config(), is_training=train, **extra)
+
+    def setup(self, stage: str) -> None:
+        wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("predict",)}[stage]
+        for split in wanted:
+            samples = self.samples(split)
+            if samples is not None:
+                self.datasets[split] = ImageDataset(samples, self.transform(train=split == "train"))
+
+    def _loader(self, split: str, shuffle: bool = False) -> DataLoader:
+        if split not in self.datasets:
+            raise RuntimeError(f"{type(self).__name__} has no '{split}' split for this run.")
+        return DataLoader(
+            self.datasets[split],
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            pin_memory=torch.cuda.is_available(),
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test")
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("predict")

@@ -1,0 +1,142 @@
+"""TransferModule: backbone + head + task, trained by Lightning with an injected optimizer and scheduler."""
+
+from __future__ import annotations
+
+import copy
+import inspect
+from collections.abc import Callable, Iterable
+from typing import Any, Literal
+
+import lightning as L
+import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from vitkit.backbone import Backbone
+from vitkit.heads import HeadFactory, LinearHead
+from vitkit.tasks import Classification, Task
+
+
+def _default_optimizer(params: Iterable) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(params, lr=1e-4, weight_decay=0.05)
+
+
+class TransferModule(L.LightningModule):
+    """A pretrained encoder with a fresh head for one task.
+
+    Args:
+        backbone: the encoder, usually :class:`vitkit.Backbone`.
+        num_outputs: head output size; the CLI links it from the data module (number of classes).
+        head: class or function called as ``head(backbone.num_features, num_outputs)``.
+        task: loss, activation and metrics; defaults to :class:`vitkit.tasks.Classification`.
+        class_names: names of the outputs, stored in checkpoints; the CLI links them from the data module.
+        optimizer: called with the trainable parameters (AdamW lr=1e-4, wd=0.05 by default).
+        lr_scheduler: called with the optimizer; if it accepts ``total_steps`` (like
+            :class:`vitkit.schedulers.WarmupCosineLR`) it gets ``trainer.estimated_stepping_batches``.
+        scheduler_interval: step the scheduler every optimizer ``step`` or every ``epoch``.
+    """
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        num_outputs: int,
+        head: HeadFactory = LinearHead,
+        task: Task | None = None,
+        class_names: list[str] | None = None,
+        optimizer: OptimizerCallable = _default_optimizer,
+        lr_scheduler: LRSchedulerCallable | None = None,
+        scheduler_interval: Literal["step", "epoch"] = "step",
+    ) -> None:
+        super().__init__()
+        if class_names is not None and len(class_names) != num_outputs:
+            raise ValueError(f"TransferModule: {len(class_names)} class_names for num_outputs={num_outputs}.")
+        self.save_hyperparameters()
+        self.backbone = backbone
+        self.head = head(backbone.num_features, num_outputs)
+        self.task = task if task is not None else Classification()
+        self.num_outputs = num_outputs
+        self.class_names = list(class_names) if class_names is not None else None
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = lr_scheduler
+        self.scheduler_interval = scheduler_interval
+        metrics = self.task.metrics(num_outputs)
+        self.train_metrics = metrics.clone(prefix="train/")
+        self.val_metrics = metrics.clone(prefix="val/")
+        self.test_metrics = metrics.clone(prefix="test/")
+
+    @property
+    def data_config(self) -> dict[str, Any]:
+        """The backbone's timm data config; data modules build their transforms from it."""
+        return self.backbone.data_config
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(images))
+
+    def _shared_step(self, batch: Any, stage: str) -> torch.Tensor:
+        images, targets = batch[0], batch[1]
+        outputs = self(images)
+        loss = self.task.loss(outputs, targets)
+        metrics = getattr(self, f"{stage}_metrics")
+        if targets.dtype == torch.long or targets.shape == outputs.shape:  # soft (mixup) targets skip metrics
+            metrics.update(outputs.detach().float(), targets)
+        on_step = stage == "train"
+        self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, sync_dist=not on_step,
+                 batch_size=images.shape[0])
+        self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage == "val")
+        return loss
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        return self._shared_step(batch, "train")
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self._shared_step(batch, "val")
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        self._shared_step(batch, "test")
+
+    def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> torch.Tensor:
+        images = batch[0] if isinstance(batch, (list, tuple)) else batch
+        return self.task.predict(self(images))
+
+    def configure_optimizers(self) -> Any:
+        params = [p for p in self.parameters() if p.requires_grad]
+        optimizer = self.optimizer_factory(params)
+        if self.scheduler_factory is None:
+            return optimizer
+        if _accepts(self.scheduler_factory, "total_steps"):
+            scheduler = self.scheduler_factory(optimizer, total_steps=int(self.trainer.estimated_stepping_batches))
+        else:
+            scheduler = self.scheduler_factory(optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": self.scheduler_interval}}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Objects passed from Python (modules, functions) would be pickled; keep only config data, so checkpoints
+        # load with weights_only=True. Checkpoints from the CLI hold class_path/init_args dicts and keep everything.
+        hparams = {k: copy.deepcopy(v) for k, v in checkpoint.get("hyper_parameters", {}).items() if _is_plain(v)}
+        checkpoint["hyper_parameters"] = hparams
+        # The checkpoint carries the weights: rebuilding it must not download hub weights or need the old file.
+        backbone = hparams.get("backbone")
+        if isinstance(backbone, dict):
+            args = backbone.get("init_args", backbone)
+            if args.get("pretrained") or args.get("weights"):
+                args["pretrained"], args["weights"] = False, None
+
+
+def _accepts(factory: Callable, name: str) -> bool:
+    """Whether ``factory`` (a class, function or jsonargparse partial) takes a keyword argument ``name``."""
+    if name in getattr(factory, "keywords", {}):
+        return True
+    target = factory.args[-1] if getattr(factory, "args", None) else factory  # jsonargparse: partial(fn, .., cls)
+    try:
+        return name in inspect.signature(target).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _is_plain(value: Any) -> bool:
+    """Whether ``value`` is YAML-like config data (what the CLI stores), not a live Python object."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return True
+    if isinstance(value, (list, tuple)):
+        return all(_is_plain(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _is_plain(v) for k, v in value.items())
+    return False
