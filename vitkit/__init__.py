@@ -14,8 +14,8 @@ __version__ = "0.1.0"
 __all__ = [
     "Backbone",
     "CSVPredictionWriter",
-    "Classification",
     "ClassFolderDataModule",
+    "Classification",
     "DataError",
     "ImageDataModule",
     "LinearHead",

@@ -128,7 +128,9 @@ def load_backbone_weights(model: nn.Module, path: str | Path) -> None:
         parts = [f"weights in {path} do not fit timm model '{type(model).__name__}':"]
         for title, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", shapes)):
             if items:
-                parts.append(f"  {title} ({len(items)}): " + ", ".join(items[:20]) + (" ..." if len(items) > 20 else ""))
+                parts.append(
+                    f"  {title} ({len(items)}): " + ", ".join(items[:20]) + (" ..." if len(items) > 20 else "")
+                )
         parts.append("Check model_name and model_kwargs (img_size, patch_size, depth, ...) match the weights.")
         raise WeightsError("\n".join(parts))
     model.load_state_dict(state, strict=True)

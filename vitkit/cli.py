@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Any
 
+import torch
 from lightning.pytorch.callbacks import (
     BasePredictionWriter,
     LearningRateMonitor,
@@ -15,7 +17,7 @@ from lightning.pytorch.callbacks import (
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from vitkit.data.base import ImageDataModule
-from vitkit.errors import VitkitError
+from vitkit.errors import VitkitError, WeightsError
 from vitkit.module import TransferModule
 from vitkit.writers import CSVPredictionWriter
 
@@ -24,11 +26,17 @@ class VitkitCLI(LightningCLI):
     """LightningCLI with vitkit's links and defaults.
 
     - ``data.num_outputs`` and ``data.class_names`` are linked into the model: recipes never state them.
-    - ``checkpoint``: a ModelCheckpoint keeping the best epoch on ``checkpoint.monitor`` and the last one.
+    - ``checkpoint``: a ModelCheckpoint keeping the best epoch on ``checkpoint.monitor``; ``fit`` also
+      rewrites ``last.ckpt`` at every epoch end, for ``--ckpt_path last``.
     - LearningRateMonitor (when a logger is on), a Rich progress bar, and a CSV writer for ``predict`` are added
       unless the recipe already has callbacks of those kinds.
     - With ``--ckpt_path``, the model config comes from the checkpoint and no pretrained weights are re-loaded.
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        argv = kwargs.get("args")
+        self.checkpoint_hparams = _checkpoint_hparams(argv if isinstance(argv, list) else sys.argv[1:])
+        super().__init__(*args, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.num_outputs", "model.num_outputs", apply_on="instantiate")
@@ -38,11 +46,14 @@ class VitkitCLI(LightningCLI):
             {
                 "checkpoint.monitor": "val/loss",
                 "checkpoint.mode": "min",
-                "checkpoint.save_last": True,
+                "checkpoint.save_last": False,  # see instantiate_trainer: `last.ckpt` is its own callback
                 "checkpoint.filename": "best-epoch{epoch:03d}",
                 "checkpoint.auto_insert_metric_name": False,
             }
         )
+        if self.checkpoint_hparams:  # `--ckpt_path` given: the checkpoint's model config is the default
+            skip = {"num_outputs", "class_names"}  # linked from the data, checked against the checkpoint on load
+            parser.set_defaults({f"model.{k}": v for k, v in self.checkpoint_hparams.items() if k not in skip})
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
@@ -60,9 +71,39 @@ class VitkitCLI(LightningCLI):
             callbacks.append(LearningRateMonitor(logging_interval="step"))
         if trainer_config.get("enable_progress_bar", True) is not False and not has(ProgressBar):
             callbacks.append(RichProgressBar())
+        if self.subcommand == "fit":
+            # Lightning's save_last only refreshes last.ckpt when a new best is saved; resuming needs every epoch.
+            best = self.config_init[self.subcommand].get("checkpoint")
+            callbacks.append(
+                ModelCheckpoint(
+                    dirpath=getattr(best, "dirpath", None),
+                    filename=ModelCheckpoint.CHECKPOINT_NAME_LAST,
+                    monitor=None,
+                    save_top_k=1,
+                    enable_version_counter=False,
+                )
+            )
         if self.subcommand == "predict" and not has(BasePredictionWriter):
             callbacks.append(CSVPredictionWriter())
         return super().instantiate_trainer(callbacks=callbacks, **kwargs)
+
+
+def _checkpoint_hparams(argv: list[str]) -> dict[str, Any]:
+    """Model hyperparameters of the checkpoint named by ``--ckpt_path`` in ``argv`` (empty if none or not a file)."""
+    path = None
+    for i, arg in enumerate(argv):
+        if arg == "--ckpt_path" and i + 1 < len(argv):
+            path = argv[i + 1]
+        elif arg.startswith("--ckpt_path="):
+            path = arg.split("=", 1)[1]
+    if path is None or not Path(path).is_file():
+        return {}
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:
+        raise WeightsError(f"cannot read checkpoint {path}: {err}") from err
+    hparams = dict(checkpoint.get("hyper_parameters") or {})
+    return {k: v for k, v in hparams.items() if not k.startswith("_")}
 
 
 def main(args: list[str] | None = None) -> None:

@@ -39,7 +39,10 @@ class MLPHead(nn.Sequential):
     ) -> None:
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"MLPHead: dropout must be in [0, 1), got {dropout}.")
-        act_layer = get_act_layer(activation)
+        try:
+            act_layer = get_act_layer(activation)
+        except KeyError:
+            act_layer = None
         if act_layer is None:
             raise ValueError(f"MLPHead: unknown activation {activation!r}; use a timm name such as 'gelu' or 'relu'.")
         norm_layer = get_norm_layer(norm) if norm else None

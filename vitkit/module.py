@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import copy
 import inspect
+import warnings
 from collections.abc import Callable, Iterable
 from typing import Any, Literal
 
 import lightning as L
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+
 from vitkit.backbone import Backbone
+from vitkit.errors import DataError
 from vitkit.heads import HeadFactory, LinearHead
 from vitkit.tasks import Classification, Task
 
@@ -48,7 +51,9 @@ class TransferModule(L.LightningModule):
         super().__init__()
         if class_names is not None and len(class_names) != num_outputs:
             raise ValueError(f"TransferModule: {len(class_names)} class_names for num_outputs={num_outputs}.")
-        self.save_hyperparameters()
+        with warnings.catch_warnings():  # modules passed from Python are dropped from checkpoints' hparams below
+            warnings.filterwarnings("ignore", message=r"Attribute '\w+' is an instance of `nn.Module`")
+            self.save_hyperparameters()
         self.backbone = backbone
         self.head = head(backbone.num_features, num_outputs)
         self.task = task if task is not None else Classification()
@@ -78,8 +83,15 @@ class TransferModule(L.LightningModule):
         if targets.dtype == torch.long or targets.shape == outputs.shape:  # soft (mixup) targets skip metrics
             metrics.update(outputs.detach().float(), targets)
         on_step = stage == "train"
-        self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, sync_dist=not on_step,
-                 batch_size=images.shape[0])
+        self.log(
+            f"{stage}/loss",
+            loss,
+            on_step=on_step,
+            on_epoch=True,
+            prog_bar=True,
+            sync_dist=not on_step,
+            batch_size=images.shape[0],
+        )
         self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage == "val")
         return loss
 
@@ -106,6 +118,15 @@ class TransferModule(L.LightningModule):
         else:
             scheduler = self.scheduler_factory(optimizer)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": self.scheduler_interval}}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        saved = checkpoint.get("hyper_parameters", {}).get("class_names")
+        if saved is not None and self.class_names is not None and list(saved) != self.class_names:
+            raise DataError(
+                f"the data's classes {self.class_names} differ from the checkpoint's {list(saved)}. "
+                "Use data with the same class folders, or start a new model from this one's backbone with "
+                "--model.backbone.init_args.weights=CHECKPOINT."
+            )
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Objects passed from Python (modules, functions) would be pickled; keep only config data, so checkpoints

@@ -32,7 +32,7 @@ class WarmupCosineLR(LambdaLR):
         if isinstance(warmup, float) and not 0.0 <= warmup < 1.0:
             raise ValueError(f"WarmupCosineLR: a fractional warmup must be in [0, 1), got {warmup}.")
         self.total_steps = int(total_steps)
-        self.warmup_steps = int(round(warmup * total_steps)) if isinstance(warmup, float) else int(warmup)
+        self.warmup_steps = round(warmup * total_steps) if isinstance(warmup, float) else int(warmup)
         self.min_lr_factor = min_lr_factor
         self.warmup_start_factor = warmup_start_factor
         super().__init__(optimizer, self.factor, last_epoch=last_epoch)

@@ -60,7 +60,11 @@ class CSVPredictionWriter(BasePredictionWriter):
         scores, ranked = prediction.float().cpu().topk(min(self.top_k, prediction.shape[-1]), dim=-1)
         for row, index in enumerate(batch_indices or range(len(prediction))):
             path, target = dataset.samples[index] if hasattr(dataset, "samples") else (index, -1)
-            top = [v for i, s in zip(ranked[row].tolist(), scores[row].tolist()) for v in (names[i], f"{s:.6f}")]
+            top = [
+                v
+                for i, s in zip(ranked[row].tolist(), scores[row].tolist(), strict=True)
+                for v in (names[i], f"{s:.6f}")
+            ]
             label = names[target] if isinstance(target, int) and target >= 0 else ""
             self._writer.writerow([str(path), top[0], top[1], *top, label])
 

@@ -65,7 +65,9 @@ class ImageDataModule(L.LightningDataModule):
         config = self.data_config
         if config is None:
             module = self.trainer.lightning_module if self.trainer is not None else None
-            config = getattr(module, "data_config", None) or timm.data.resolve_data_config({})
+            config = getattr(module, "data_config", None) or timm.data.resolve_data_config(
+                pretrained_cfg={"input_size": (3, 224, 224)}
+            )
         config = dict(config)
         if self.image_size is not None:
             config["input_size"] = (config["input_size"][0], self.image_size, self.image_size)

@@ -1,0 +1,151 @@
+"""End to end through the real `vitkit` console script, as a user runs it (subprocesses, generated data)."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+VITKIT = str(Path(sys.executable).with_name("vitkit"))
+RECIPES = sorted((REPO / "recipes").glob("*.yaml"))
+
+pytestmark = pytest.mark.slow
+
+#: Test overrides: a 2-block ViT, a head class from this test suite plugged by class_path, a CSV logger.
+TEST_CONFIG = """
+trainer:
+  max_epochs: 2
+  logger:
+    class_path: lightning.pytorch.loggers.CSVLogger
+    init_args: {save_dir: RUN, name: logs}
+model:
+  backbone:
+    init_args:
+      model_kwargs: {img_size: 32, patch_size: 8, depth: 2}
+  head:
+    class_path: tests.test_heads.TwoLayerHead
+    init_args: {width: 24}
+data:
+  init_args: {batch_size: 16, num_workers: 0}
+"""
+
+
+def vitkit(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "offline"}
+    result = subprocess.run([VITKIT, *map(str, args)], cwd=REPO, env=env, capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(f"vitkit {' '.join(map(str, args))} failed:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory, shapes_root) -> Path:
+    """Run `vitkit fit` once with the quickstart recipe plus TEST_CONFIG; return the run folder."""
+    run = tmp_path_factory.mktemp("run")
+    (run / "test.yaml").write_text(TEST_CONFIG.replace("RUN", str(run)))
+    vitkit(
+        "fit",
+        "--config",
+        "recipes/quickstart.yaml",
+        "--config",
+        run / "test.yaml",
+        "--data.init_args.root",
+        shapes_root,
+        "--trainer.default_root_dir",
+        run,
+        "--checkpoint.dirpath",
+        run / "checkpoints",
+    )
+    return run
+
+
+def test_fit_writes_best_and_last_checkpoints_with_classes(fitted):
+    names = sorted(p.name for p in (fitted / "checkpoints").iterdir())
+    assert "last.ckpt" in names and any(n.startswith("best-epoch") for n in names)
+    checkpoint = torch.load(fitted / "checkpoints" / "last.ckpt", weights_only=True)
+    assert checkpoint["epoch"] == 1
+    assert checkpoint["hyper_parameters"]["class_names"] == ["circle", "cross", "square", "triangle"]
+    assert checkpoint["hyper_parameters"]["num_outputs"] == 4
+
+
+def test_custom_head_from_yaml_class_path_gets_linked_sizes(fitted):
+    state = torch.load(fitted / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    assert state["head.net.0.weight"].shape == (24, 192)  # width from init_args, in_features from the backbone
+    assert state["head.net.2.weight"].shape == (4, 24)  # out_features from the data's 4 class folders
+
+
+def test_fit_logs_train_and_val_metrics_each_epoch(fitted):
+    with open(next(fitted.glob("logs/version_*/metrics.csv"))) as f:
+        rows = list(csv.DictReader(f))
+    val = [r for r in rows if r.get("val/acc")]
+    assert len(val) == 2
+    for key in ("val/loss", "val/f1_macro", "train/acc", "train/loss_epoch", "lr-AdamW"):
+        assert any(r.get(key) for r in rows), key
+    assert all(0.0 <= float(r["val/acc"]) <= 1.0 for r in val)
+
+
+def test_validate_from_checkpoint_without_model_config(fitted, shapes_root):
+    result = vitkit(
+        "validate",
+        "--data",
+        "vitkit.ClassFolderDataModule",
+        "--data.root",
+        shapes_root,
+        "--ckpt_path",
+        fitted / "checkpoints" / "last.ckpt",
+        "--trainer.logger",
+        "false",
+    )
+    assert "val/acc" in result.stdout
+
+
+def test_predict_from_checkpoint_writes_a_csv_of_classes(fitted, shapes_root, tmp_path):
+    vitkit(
+        "predict",
+        "--data",
+        "vitkit.ClassFolderDataModule",
+        "--data.root",
+        shapes_root,
+        "--data.predict_root",
+        shapes_root / "circle",
+        "--ckpt_path",
+        fitted / "checkpoints" / "last.ckpt",
+        "--trainer.logger",
+        "false",
+        "--trainer.default_root_dir",
+        tmp_path,
+    )
+    with open(tmp_path / "predictions.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 24
+    assert {r["prediction"] for r in rows} <= {"circle", "cross", "square", "triangle"}
+    assert all(Path(r["path"]).parent.name == "circle" and 0.0 <= float(r["score"]) <= 1.0 for r in rows)
+    assert float(rows[0]["top1_score"]) >= float(rows[0]["top2_score"])
+
+
+def test_bad_data_root_is_one_clear_error_without_traceback(tmp_path):
+    result = vitkit(
+        "fit",
+        "--config",
+        "recipes/quickstart.yaml",
+        "--data.init_args.root",
+        tmp_path / "nope",
+        "--trainer.logger",
+        "false",
+        check=False,
+    )
+    assert result.returncode == 2
+    assert f"vitkit: error: data root not found: {tmp_path / 'nope'}" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=[r.stem for r in RECIPES])
+def test_every_recipe_parses(recipe):
+    result = vitkit("fit", "--config", recipe, "--print_config")
+    assert "model:" in result.stdout and "class_path" in result.stdout
