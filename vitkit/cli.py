@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -108,6 +109,8 @@ def _checkpoint_hparams(argv: list[str]) -> dict[str, Any]:
 
 def main(args: list[str] | None = None) -> None:
     """Entry point of the ``vitkit`` console script."""
+    # Lightning 2.6 on torch >= 2.10 warns about its own pytree use on every step; nothing a user can act on.
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
     try:
         VitkitCLI(
             TransferModule,
