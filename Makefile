@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+SRC    := $(wildcard vitkit tests scripts benchmarks)
 
 .PHONY: install demo test test-fast lint format bench clean
 
@@ -24,12 +25,12 @@ test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow"
 
 lint: install
-	$(BIN)/ruff check vitkit tests scripts benchmarks
-	$(BIN)/ruff format --check vitkit tests scripts benchmarks
+	$(BIN)/ruff check $(SRC)
+	$(BIN)/ruff format --check $(SRC)
 
 format: install
-	$(BIN)/ruff check --fix vitkit tests scripts benchmarks
-	$(BIN)/ruff format vitkit tests scripts benchmarks
+	$(BIN)/ruff check --fix $(SRC)
+	$(BIN)/ruff format $(SRC)
 
 clean:
 	rm -rf $(VENV) runs demo_data .pytest_cache .ruff_cache *.egg-info
