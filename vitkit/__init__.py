@@ -1,12 +1,12 @@
 """vitkit: transfer learning with Vision Transformers on PyTorch Lightning and timm."""
 
 from vitkit.backbone import Backbone
-from vitkit.data import ClassFolderDataModule, ImageDataModule
+from vitkit.data import ClassFolderDataModule, ImageDataModule, ManifestDataModule
 from vitkit.errors import DataError, VitkitError, WeightsError
 from vitkit.heads import LinearHead, MLPHead
 from vitkit.module import TransferModule
 from vitkit.schedulers import WarmupCosineLR
-from vitkit.tasks import Classification, Task
+from vitkit.tasks import Classification, MultiLabel, Regression, Task
 from vitkit.writers import CSVPredictionWriter
 
 __version__ = "0.1.0"
@@ -20,6 +20,9 @@ __all__ = [
     "ImageDataModule",
     "LinearHead",
     "MLPHead",
+    "ManifestDataModule",
+    "MultiLabel",
+    "Regression",
     "Task",
     "TransferModule",
     "VitkitError",

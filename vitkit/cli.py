@@ -26,7 +26,8 @@ from vitkit.writers import CSVPredictionWriter
 class VitkitCLI(LightningCLI):
     """LightningCLI with vitkit's links and defaults.
 
-    - ``data.num_outputs`` and ``data.class_names`` are linked into the model: recipes never state them.
+    - ``data.num_outputs``, ``data.class_names`` and ``data.label_stats`` are linked into the model: recipes never
+      state them.
     - ``checkpoint``: a ModelCheckpoint keeping the best epoch on ``checkpoint.monitor``; ``fit`` also
       rewrites ``last.ckpt`` at every epoch end, for ``--ckpt_path last``.
     - LearningRateMonitor (when a logger is on), a Rich progress bar, and a CSV writer for ``predict`` are added
@@ -42,6 +43,7 @@ class VitkitCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.num_outputs", "model.num_outputs", apply_on="instantiate")
         parser.link_arguments("data.class_names", "model.class_names", apply_on="instantiate")
+        parser.link_arguments("data.label_stats", "model.label_stats", apply_on="instantiate")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults(
             {
@@ -53,7 +55,8 @@ class VitkitCLI(LightningCLI):
             }
         )
         if self.checkpoint_hparams:  # `--ckpt_path` given: the checkpoint's model config is the default
-            skip = {"num_outputs", "class_names"}  # linked from the data, checked against the checkpoint on load
+            # Linked from the data; class names are checked against the checkpoint, label stats restored from it.
+            skip = {"num_outputs", "class_names", "label_stats"}
             parser.set_defaults({f"model.{k}": v for k, v in self.checkpoint_hparams.items() if k not in skip})
 
     def before_instantiate_classes(self) -> None:

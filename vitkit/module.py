@@ -15,7 +15,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from vitkit.backbone import Backbone
 from vitkit.errors import DataError
 from vitkit.heads import HeadFactory, LinearHead
-from vitkit.tasks import Classification, Task
+from vitkit.tasks import Classification, LabelStats, Task
 
 
 def _default_optimizer(params: Iterable) -> torch.optim.Optimizer:
@@ -30,7 +30,10 @@ class TransferModule(L.LightningModule):
         num_outputs: head output size; the CLI links it from the data module (number of classes).
         head: class or function called as ``head(backbone.num_features, num_outputs)``.
         task: loss, activation and metrics; defaults to :class:`vitkit.tasks.Classification`.
-        class_names: names of the outputs, stored in checkpoints; the CLI links them from the data module.
+        class_names: names of the outputs (classes, labels or targets), stored in checkpoints; the CLI links them
+            from the data module.
+        label_stats: statistics of the training targets (regression mean/std, label frequencies) that the task
+            uses; the CLI links them from the data module, and checkpoints restore them with the weights.
         optimizer: called with the trainable parameters (AdamW lr=1e-4, wd=0.05 by default).
         lr_scheduler: called with the optimizer; if it accepts ``total_steps`` (like
             :class:`vitkit.schedulers.WarmupCosineLR`) it gets ``trainer.estimated_stepping_batches``.
@@ -44,6 +47,7 @@ class TransferModule(L.LightningModule):
         head: HeadFactory = LinearHead,
         task: Task | None = None,
         class_names: list[str] | None = None,
+        label_stats: LabelStats | None = None,
         optimizer: OptimizerCallable = _default_optimizer,
         lr_scheduler: LRSchedulerCallable | None = None,
         scheduler_interval: Literal["step", "epoch"] = "step",
@@ -57,15 +61,15 @@ class TransferModule(L.LightningModule):
         self.backbone = backbone
         self.head = head(backbone.num_features, num_outputs)
         self.task = task if task is not None else Classification()
+        self.task.bind(num_outputs, class_names, label_stats)
         self.num_outputs = num_outputs
         self.class_names = list(class_names) if class_names is not None else None
         self.optimizer_factory = optimizer
         self.scheduler_factory = lr_scheduler
         self.scheduler_interval = scheduler_interval
-        metrics = self.task.metrics(num_outputs)
-        self.train_metrics = metrics.clone(prefix="train/")
-        self.val_metrics = metrics.clone(prefix="val/")
-        self.test_metrics = metrics.clone(prefix="test/")
+        self.train_metrics = self.task.metrics("train").clone(prefix="train/")
+        self.val_metrics = self.task.metrics("val").clone(prefix="val/")
+        self.test_metrics = self.task.metrics("test").clone(prefix="test/")
 
     @property
     def data_config(self) -> dict[str, Any]:
@@ -80,8 +84,7 @@ class TransferModule(L.LightningModule):
         outputs = self(images)
         loss = self.task.loss(outputs, targets)
         metrics = getattr(self, f"{stage}_metrics")
-        if targets.dtype == torch.long or targets.shape == outputs.shape:  # soft (mixup) targets skip metrics
-            metrics.update(outputs.detach().float(), targets)
+        self.task.update_metrics(metrics, outputs, targets)
         on_step = stage == "train"
         self.log(
             f"{stage}/loss",
@@ -92,8 +95,23 @@ class TransferModule(L.LightningModule):
             sync_dist=not on_step,
             batch_size=images.shape[0],
         )
-        self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage == "val")
         return loss
+
+    def _log_epoch_metrics(self, stage: str) -> None:
+        # compute() syncs across processes; per-label metrics (ClasswiseWrapper) come back as one value per label.
+        metrics = getattr(self, f"{stage}_metrics")
+        values = {k: v for k, v in metrics.compute().items() if v.numel() == 1}
+        self.log_dict(values, prog_bar=stage == "val")
+        metrics.reset()
+
+    def on_train_epoch_end(self) -> None:
+        self._log_epoch_metrics("train")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch_metrics("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch_metrics("test")
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         return self._shared_step(batch, "train")

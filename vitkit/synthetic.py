@@ -70,3 +70,47 @@ def make_shapes_folder(
             else:
                 img.save(folder / f"{i:04d}.png")
     return root
+
+
+def make_multilabel_manifest(root: str | Path, n: int = 200, size: int = 48, seed: int = 0) -> Path:
+    """Images holding a random subset of the four shapes (each in its own colour, one per quadrant), and
+    ``root/labels.csv`` with ``path,labels`` (shape names joined by ``|``). Returns the CSV path."""
+    root = Path(root)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    half = size // 2
+    lines = ["path,labels"]
+    for i in range(n):
+        canvas = Image.fromarray(np.clip(rng.normal(40, 12, (size, size, 3)), 0, 255).astype(np.uint8), mode="RGB")
+        present = [s for s in SHAPES if rng.random() < 0.5]
+        cells = rng.permutation(4)
+        for shape, cell in zip(present, cells, strict=False):
+            colour = tuple(int(c) for c in np.clip(np.array(PALETTE[shape]) + rng.integers(-30, 31, 3), 0, 255))
+            tile = draw_shape(rng, shape, half, colour)
+            canvas.paste(tile, ((cell % 2) * half, (cell // 2) * half))
+        name = f"images/{i:04d}.{'png' if i % 2 else 'jpg'}"
+        canvas.save(root / name)
+        lines.append(f"{name},{'|'.join(present)}")
+    (root / "labels.csv").write_text("\n".join(lines) + "\n")
+    return root / "labels.csv"
+
+
+def make_regression_manifest(root: str | Path, n: int = 200, size: int = 48, seed: int = 0) -> Path:
+    """Images of a disc on a plain background, and ``root/targets.csv`` with ``path,brightness,radius``:
+    the background's grey level (0-255) and the disc's radius as a fraction of the image. Returns the CSV path."""
+    root = Path(root)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    lines = ["path,brightness,radius"]
+    for i in range(n):
+        brightness, radius = float(rng.uniform(20, 200)), float(rng.uniform(0.1, 0.4))
+        pixels = np.clip(rng.normal(brightness, 6, (size, size, 3)), 0, 255).astype(np.uint8)
+        img = Image.fromarray(pixels, mode="RGB")
+        r = radius * size
+        cx, cy = rng.uniform(r, size - r, size=2)
+        ImageDraw.Draw(img).ellipse([cx - r, cy - r, cx + r, cy + r], fill=(255, 140, 0))
+        name = f"images/{i:04d}.png"
+        img.save(root / name)
+        lines.append(f"{name},{brightness:.3f},{radius:.4f}")
+    (root / "targets.csv").write_text("\n".join(lines) + "\n")
+    return root / "targets.csv"

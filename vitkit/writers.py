@@ -13,7 +13,10 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 
 
 class CSVPredictionWriter(BasePredictionWriter):
-    """Write one CSV row per image: path, predicted label, its score, the top-k labels with scores, the target.
+    """Write one CSV row per image: its path, the task's prediction columns, and the target where known.
+
+    Classification: ``prediction, score, top1, top1_score, ...``; multi-label: ``prediction`` (labels joined by
+    ``|``) and ``p_<label>``; regression: one column per target, in the original units.
 
     Args:
         output: CSV path; default ``<trainer.default_root_dir>/predictions.csv``. Under DDP each rank writes
@@ -37,11 +40,7 @@ class CSVPredictionWriter(BasePredictionWriter):
         path = self.path(trainer)
         path.parent.mkdir(parents=True, exist_ok=True)
         self._file = path.open("w", newline="")
-        self._writer = csv.writer(self._file)
-        k = min(self.top_k, pl_module.num_outputs)
-        self._writer.writerow(
-            ["path", "prediction", "score", *[f"top{i + 1}{s}" for i in range(k) for s in ("", "_score")], "target"]
-        )
+        self._writer = None  # created at the first batch, when the task's columns are known
 
     def write_on_batch_end(
         self,
@@ -55,18 +54,17 @@ class CSVPredictionWriter(BasePredictionWriter):
     ) -> None:
         loaders = trainer.predict_dataloaders
         loader = loaders[dataloader_idx] if isinstance(loaders, (list, tuple)) else loaders
-        dataset = getattr(loader, "dataset", None)
-        names = getattr(pl_module, "class_names", None) or [str(i) for i in range(pl_module.num_outputs)]
-        scores, ranked = prediction.float().cpu().topk(min(self.top_k, prediction.shape[-1]), dim=-1)
+        samples = getattr(getattr(loader, "dataset", None), "samples", None)
+        task = pl_module.task
         for row, index in enumerate(batch_indices or range(len(prediction))):
-            path, target = dataset.samples[index] if hasattr(dataset, "samples") else (index, -1)
-            top = [
-                v
-                for i, s in zip(ranked[row].tolist(), scores[row].tolist(), strict=True)
-                for v in (names[i], f"{s:.6f}")
-            ]
-            label = names[target] if isinstance(target, int) and target >= 0 else ""
-            self._writer.writerow([str(path), top[0], top[1], *top, label])
+            path, target = samples[index] if samples is not None else (index, None)
+            known = target is not None and not (isinstance(target, int) and target < 0)
+            line = {"path": str(path), **task.describe(prediction[row].float().cpu(), self.top_k)}
+            line.update(task.describe_target(target if known else None))
+            if self._writer is None:
+                self._writer = csv.DictWriter(self._file, fieldnames=list(line))
+                self._writer.writeheader()
+            self._writer.writerow(line)
 
     def on_predict_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._file is not None:

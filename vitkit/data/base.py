@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -10,7 +11,9 @@ import timm.data
 import torch
 from torch.utils.data import DataLoader
 
-from vitkit.data.images import ImageDataset, Sample
+from vitkit.data.images import ImageDataset, Sample, list_images
+from vitkit.errors import DataError
+from vitkit.tasks import LabelStats
 
 STAGES = ("train", "val", "test", "predict")
 
@@ -28,6 +31,8 @@ class ImageDataModule(L.LightningDataModule):
         augment: extra ``timm.data.create_transform`` arguments for training, e.g. ``{scale: [0.5, 1.0],
             hflip: 0.5, auto_augment: rand-m9-mstd0.5, re_prob: 0.25, color_jitter: 0.4}``.
         data_config: explicit timm data config; by default it is read from the model in ``setup``.
+        predict_root: images for ``vitkit predict`` (any folder, searched recursively, no labels needed);
+            without it, predict runs on the test split, else on val.
     """
 
     def __init__(
@@ -37,6 +42,7 @@ class ImageDataModule(L.LightningDataModule):
         image_size: int | None = None,
         augment: dict[str, Any] | None = None,
         data_config: dict[str, Any] | None = None,
+        predict_root: str | Path | None = None,
     ) -> None:
         super().__init__()
         self.batch_size = batch_size
@@ -44,6 +50,7 @@ class ImageDataModule(L.LightningDataModule):
         self.image_size = image_size
         self.augment = dict(augment or {})
         self.data_config = data_config
+        self.predict_root = Path(predict_root).expanduser() if predict_root is not None else None
         self.datasets: dict[str, ImageDataset] = {}
 
     @property
@@ -56,9 +63,28 @@ class ImageDataModule(L.LightningDataModule):
         """Names of the outputs, stored in the model's checkpoint."""
         return None
 
+    @property
+    def label_stats(self) -> LabelStats | None:
+        """Statistics of the training targets that the task needs (see :mod:`vitkit.tasks`)."""
+        return None
+
+    @property
+    def splits(self) -> dict[str, list[Sample] | None]:
+        """``{"train": [...], "val": [...], "test": [...] or None}``; subclasses scan their source once."""
+        raise NotImplementedError
+
     def samples(self, stage: str) -> list[Sample] | None:
         """The ``(path, target)`` samples of ``stage`` (train/val/test/predict), or ``None`` if it has none."""
-        raise NotImplementedError
+        if stage != "predict":
+            return self.splits[stage]
+        if self.predict_root is None:
+            return self.splits["test"] or self.splits["val"]
+        if not self.predict_root.is_dir():
+            raise DataError(f"predict_root not found: {self.predict_root}")
+        images = list_images(self.predict_root)
+        if not images:
+            raise DataError(f"no images found under predict_root {self.predict_root}.")
+        return [(path, -1) for path in images]
 
     def resolved_data_config(self) -> dict[str, Any]:
         """The timm data config used for transforms: explicit, else the attached model's, else timm's default."""

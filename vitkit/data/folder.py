@@ -27,8 +27,8 @@ class ClassFolderDataModule(ImageDataModule):
         root: the dataset folder.
         val_fraction: share of each class held out for validation when ``root`` has no val split.
         seed: seed of that split (independent of the training seed).
-        predict_root: images to predict on, labels not needed.
-        **kwargs: :class:`~vitkit.data.base.ImageDataModule` arguments (batch_size, num_workers, augment, ...).
+        **kwargs: :class:`~vitkit.data.base.ImageDataModule` arguments (batch_size, num_workers, augment,
+            predict_root, ...).
     """
 
     def __init__(
@@ -36,7 +36,6 @@ class ClassFolderDataModule(ImageDataModule):
         root: str | Path,
         val_fraction: float = 0.2,
         seed: int = 0,
-        predict_root: str | Path | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -45,7 +44,6 @@ class ClassFolderDataModule(ImageDataModule):
         self.root = Path(root).expanduser()
         self.val_fraction = val_fraction
         self.seed = seed
-        self.predict_root = Path(predict_root).expanduser() if predict_root is not None else None
 
     @property
     def num_outputs(self) -> int:
@@ -56,7 +54,7 @@ class ClassFolderDataModule(ImageDataModule):
         return self.splits["classes"]
 
     @cached_property
-    def splits(self) -> dict[str, Any]:
+    def splits(self) -> dict[str, Any]:  # also holds "classes"
         """Scan the folders once: ``{"classes": [...], "train": [...], "val": [...], "test": [...] or None}``."""
         if not self.root.is_dir():
             raise DataError(f"data root not found: {self.root} (set --data.root to a folder of class sub-folders).")
@@ -73,13 +71,6 @@ class ClassFolderDataModule(ImageDataModule):
         test_dir = self.root / "test"
         test = _scan_class_tree(test_dir, classes)[1] if test_dir.is_dir() else None
         return {"classes": classes, "train": train, "val": val, "test": test}
-
-    def samples(self, stage: str) -> list[Sample] | None:
-        if stage == "predict":
-            if self.predict_root is not None:
-                return _unlabelled(self.predict_root)
-            return self.splits["test"] or self.splits["val"]
-        return self.splits[stage]
 
 
 def _scan_class_tree(folder: Path, known: list[str] | None = None) -> tuple[list[str], list[Sample]]:
@@ -105,15 +96,6 @@ def _scan_class_tree(folder: Path, known: list[str] | None = None) -> tuple[list
     if known is None and len(classes) < 2:
         raise DataError(f"{folder} has only one class folder ({classes[0]}); classification needs at least two.")
     return classes, samples
-
-
-def _unlabelled(folder: Path) -> list[Sample]:
-    if not folder.is_dir():
-        raise DataError(f"predict_root not found: {folder}")
-    images = list_images(folder)
-    if not images:
-        raise DataError(f"no images found under predict_root {folder}.")
-    return [(path, -1) for path in images]
 
 
 def stratified_split(samples: list[Sample], fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:

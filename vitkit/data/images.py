@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
@@ -83,4 +84,6 @@ class ImageDataset(Dataset):
             image = load_image(path)
         except Exception as err:
             raise DataError(f"cannot read image {path}: {err}") from err
+        if isinstance(target, (tuple, list)):  # label vectors and regression targets
+            target = torch.tensor(target, dtype=torch.float32)
         return (self.transform(image) if self.transform is not None else image), target
