@@ -108,7 +108,7 @@ def test_paths_relative_to_image_root_or_absolute(tmp_path):
 )
 def test_multilabel_problems_name_the_row(tmp_path, body, message):
     csv = write_manifest(tmp_path, "path,labels,split\n" + body)
-    with pytest.raises(DataError, match="m.csv has 1 problem") as err:
+    with pytest.raises(DataError, match=r"m\.csv has 1 problem") as err:
         ManifestDataModule(csv, label_column="labels").class_names
     assert message in str(err.value)
 
@@ -149,9 +149,9 @@ def test_missing_column_names_it_and_the_header(tmp_path):
 
 def test_empty_and_missing_manifests(tmp_path):
     (tmp_path / "empty.csv").write_text("path,labels\n")
-    with pytest.raises(DataError, match="empty.csv is empty"):
+    with pytest.raises(DataError, match=r"empty\.csv is empty"):
         ManifestDataModule(tmp_path / "empty.csv", label_column="labels").class_names
-    with pytest.raises(DataError, match="manifest not found: .*nope.csv"):
+    with pytest.raises(DataError, match=r"manifest not found: .*nope\.csv"):
         ManifestDataModule(tmp_path / "nope.csv", label_column="labels").class_names
 
 
