@@ -63,7 +63,8 @@ def test_multilabel_learns_which_shapes_are_present_and_predicts_label_sets(tmp_
     metrics = fit("multilabel", manifest, tmp_path / "run")
     # Chance mAP is the label prevalence (~0.5 here); per-label AUROC of chance is 0.5.
     assert metrics["val/map"] > 0.7, metrics
-    assert all(metrics[f"val/auroc/{s}"] > 0.6 for s in ("circle", "cross", "square", "triangle")), metrics
+    aurocs = [metrics[f"val/auroc/{s}"] for s in ("circle", "cross", "square", "triangle")]
+    assert sum(aurocs) / 4 > 0.7 and min(aurocs) > 0.55, metrics
     rows = predict(tmp_path / "run", "multilabel", tmp_path / "pred")
     assert len(rows) == 40  # the val split
     assert set(rows[0]) == {"path", "prediction", "p_circle", "p_cross", "p_square", "p_triangle", "target"}
