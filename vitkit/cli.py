@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
+from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import (
     BasePredictionWriter,
     LearningRateMonitor,
@@ -15,12 +17,30 @@ from lightning.pytorch.callbacks import (
     ProgressBar,
     RichProgressBar,
 )
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.loggers import WandbLogger
 
+from vitkit.callbacks import ValidationReport
 from vitkit.data.base import ImageDataModule
 from vitkit.errors import VitkitError, WeightsError
 from vitkit.module import TransferModule
 from vitkit.writers import CSVPredictionWriter
+
+
+class ConfigToLoggers(SaveConfigCallback):
+    """Lightning's config.yaml next to the logs, plus the full resolved config in every logger's hyperparameters;
+    a W&B run also keeps the YAML file among its files."""
+
+    def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        text = self.parser.dump(self.config, skip_none=False)
+        config = yaml.safe_load(text)
+        for logger in trainer.loggers:
+            logger.log_hyperparams({"config": config})
+            if isinstance(logger, WandbLogger):
+                run = logger.experiment
+                path = Path(run.dir) / self.config_filename
+                path.write_text(text)
+                run.save(str(path), base_path=run.dir, policy="now")
 
 
 class VitkitCLI(LightningCLI):
@@ -30,8 +50,9 @@ class VitkitCLI(LightningCLI):
       state them.
     - ``checkpoint``: a ModelCheckpoint keeping the best epoch on ``checkpoint.monitor``; ``fit`` also
       rewrites ``last.ckpt`` at every epoch end, for ``--ckpt_path last``.
-    - LearningRateMonitor (when a logger is on), a Rich progress bar, and a CSV writer for ``predict`` are added
-      unless the recipe already has callbacks of those kinds.
+    - LearningRateMonitor (when a logger is on), a Rich progress bar, a ValidationReport (``fit``, ``validate``)
+      and a CSV writer (``predict``) are added unless the recipe already has callbacks of those kinds.
+    - The full resolved config is saved next to the logs and sent to the loggers (W&B run config and files).
     - With ``--ckpt_path``, the model config comes from the checkpoint and no pretrained weights are re-loaded.
     """
 
@@ -87,6 +108,8 @@ class VitkitCLI(LightningCLI):
                     enable_version_counter=False,
                 )
             )
+        if self.subcommand in ("fit", "validate") and not has(ValidationReport):
+            callbacks.append(ValidationReport())
         if self.subcommand == "predict" and not has(BasePredictionWriter):
             callbacks.append(CSVPredictionWriter())
         return super().instantiate_trainer(callbacks=callbacks, **kwargs)
@@ -120,6 +143,7 @@ def main(args: list[str] | None = None) -> None:
             ImageDataModule,
             subclass_mode_data=True,
             args=args,
+            save_config_callback=ConfigToLoggers,
             save_config_kwargs={"overwrite": True},
         )
     except VitkitError as err:

@@ -11,6 +11,8 @@ from typing import Any, Literal
 import lightning as L
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_info
+from torchmetrics import MeanMetric
 
 from vitkit.backbone import Backbone
 from vitkit.errors import DataError
@@ -67,6 +69,7 @@ class TransferModule(L.LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_factory = lr_scheduler
         self.scheduler_interval = scheduler_interval
+        self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
         self.train_metrics = self.task.metrics("train").clone(prefix="train/")
         self.val_metrics = self.task.metrics("val").clone(prefix="val/")
         self.test_metrics = self.task.metrics("test").clone(prefix="test/")
@@ -79,30 +82,34 @@ class TransferModule(L.LightningModule):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(images))
 
-    def _shared_step(self, batch: Any, stage: str) -> torch.Tensor:
+    def _shared_step(self, batch: Any, stage: str) -> dict[str, torch.Tensor]:
         images, targets = batch[0], batch[1]
         outputs = self(images)
         loss = self.task.loss(outputs, targets)
-        metrics = getattr(self, f"{stage}_metrics")
-        self.task.update_metrics(metrics, outputs, targets)
-        on_step = stage == "train"
-        self.log(
-            f"{stage}/loss",
-            loss,
-            on_step=on_step,
-            on_epoch=True,
-            prog_bar=True,
-            sync_dist=not on_step,
-            batch_size=images.shape[0],
-        )
-        return loss
+        self.task.update_metrics(getattr(self, f"{stage}_metrics"), outputs, targets)
+        getattr(self, f"{stage}_loss").update(loss.detach(), weight=images.shape[0])
+        return {"loss": loss, "outputs": outputs.detach(), "targets": targets}
 
     def _log_epoch_metrics(self, stage: str) -> None:
-        # compute() syncs across processes; per-label metrics (ClasswiseWrapper) come back as one value per label.
-        metrics = getattr(self, f"{stage}_metrics")
+        # compute() syncs across processes once per epoch; per-label metrics (ClasswiseWrapper) come back as one
+        # value per label. The loss is the sample-weighted mean over all processes.
+        metrics, loss = getattr(self, f"{stage}_metrics"), getattr(self, f"{stage}_loss")
         values = {k: v for k, v in metrics.compute().items() if v.numel() == 1}
+        values["train/loss_epoch" if stage == "train" else f"{stage}/loss"] = loss.compute()
         self.log_dict(values, prog_bar=stage == "val")
         metrics.reset()
+        loss.reset()
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        step = self._shared_step(batch, "train")
+        self.log("train/loss", step["loss"], prog_bar=True, batch_size=batch[0].shape[0])  # this process, per step
+        return step["loss"]
+
+    def validation_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor]:
+        return self._shared_step(batch, "val")  # outputs and targets go on to callbacks (vitkit.callbacks)
+
+    def test_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor]:
+        return self._shared_step(batch, "test")
 
     def on_train_epoch_end(self) -> None:
         self._log_epoch_metrics("train")
@@ -113,14 +120,17 @@ class TransferModule(L.LightningModule):
     def on_test_epoch_end(self) -> None:
         self._log_epoch_metrics("test")
 
-    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        return self._shared_step(batch, "train")
-
-    def validation_step(self, batch: Any, batch_idx: int) -> None:
-        self._shared_step(batch, "val")
-
-    def test_step(self, batch: Any, batch_idx: int) -> None:
-        self._shared_step(batch, "test")
+    def on_fit_start(self) -> None:
+        batch_size = getattr(self.trainer.datamodule, "batch_size", None)
+        if batch_size is None:
+            return
+        world, accumulate = self.trainer.world_size, self.trainer.accumulate_grad_batches
+        effective = batch_size * world * accumulate
+        rank_zero_info(
+            f"effective batch size {effective} = {batch_size} per device x {world} x {accumulate} accumulated"
+        )
+        for logger in self.loggers:
+            logger.log_hyperparams({"effective_batch_size": effective, "world_size": world})
 
     def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> torch.Tensor:
         images = batch[0] if isinstance(batch, (list, tuple)) else batch

@@ -9,6 +9,7 @@ from typing import Any
 import lightning as L
 import timm.data
 import torch
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader
 
 from vitkit.data.images import ImageDataset, Sample, list_images
@@ -114,10 +115,18 @@ class ImageDataModule(L.LightningDataModule):
     def _loader(self, split: str, shuffle: bool = False) -> DataLoader:
         if split not in self.datasets:
             raise RuntimeError(f"{type(self).__name__} has no '{split}' split for this run.")
+        dataset, sampler = self.datasets[split], None
+        if split in ("val", "test") and self.trainer is not None and self.trainer.world_size > 1:
+            # Lightning's default pads every process to the same length by repeating samples, which counts them
+            # twice in the metrics; this sampler gives each sample to exactly one process.
+            sampler = UnrepeatedDistributedSampler(
+                dataset, num_replicas=self.trainer.world_size, rank=self.trainer.global_rank, shuffle=False
+            )
         return DataLoader(
-            self.datasets[split],
+            dataset,
             batch_size=self.batch_size,
             shuffle=shuffle,
+            sampler=sampler,
             num_workers=self.num_workers,
             pin_memory=torch.cuda.is_available(),
             persistent_workers=self.num_workers > 0,

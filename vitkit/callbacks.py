@@ -1,0 +1,149 @@
+"""Callbacks vitkit adds to runs: a visual report of each validation epoch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.loggers import WandbLogger
+from PIL import Image, ImageDraw, ImageFont
+from torchmetrics.classification import MulticlassConfusionMatrix
+
+from vitkit.tasks import Classification
+
+
+class ValidationReport(L.Callback):
+    """At the end of validation: a confusion-matrix image (classification) and a table of validation images with
+    their predictions and targets. Logged to Weights & Biases when a WandbLogger is attached, otherwise saved as
+    PNG files under ``<run folder>/validation/``.
+
+    Args:
+        num_samples: images in the table.
+        every_n_epochs: report every n-th validation epoch.
+    """
+
+    def __init__(self, num_samples: int = 16, every_n_epochs: int = 1) -> None:
+        self.num_samples = num_samples
+        self.every_n_epochs = every_n_epochs
+        self._confusion: MulticlassConfusionMatrix | None = None
+        self._samples: list[tuple[torch.Tensor, torch.Tensor, Any]] = []
+
+    def _active(self, trainer: L.Trainer) -> bool:
+        return not trainer.sanity_checking and trainer.current_epoch % self.every_n_epochs == 0
+
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._samples = []
+        self._confusion = None
+        if self._active(trainer) and isinstance(pl_module.task, Classification):
+            self._confusion = MulticlassConfusionMatrix(pl_module.num_outputs).to(pl_module.device)
+
+    def on_validation_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        if not self._active(trainer) or not isinstance(outputs, dict):
+            return
+        if self._confusion is not None and outputs["targets"].ndim == 1:
+            self._confusion.update(outputs["outputs"], outputs["targets"])
+        # a few per batch, so the table spans classes (validation sets are often sorted by class)
+        take = min(self.num_samples - len(self._samples), max(1, self.num_samples // 8))
+        if take > 0 and trainer.is_global_zero:
+            predictions = pl_module.task.predict(outputs["outputs"][:take]).cpu()
+            for image, prediction, target in zip(
+                batch[0][:take].cpu(), predictions, outputs["targets"][:take].cpu(), strict=True
+            ):
+                self._samples.append((image, prediction, target))
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self._active(trainer):
+            return
+        matrix = self._confusion.compute().cpu() if self._confusion is not None else None  # syncs all processes
+        if not trainer.is_global_zero:
+            return
+        task, names = pl_module.task, pl_module.task.names
+        images = [to_pil(img, pl_module.data_config) for img, _, _ in self._samples]
+        rows = [(_caption(task.describe(p)), _caption(task.describe_target(t))) for _, p, t in self._samples]
+        epoch = trainer.current_epoch
+        wandb_loggers = [logger for logger in trainer.loggers if isinstance(logger, WandbLogger)]
+        if wandb_loggers:
+            import wandb
+
+            for logger in wandb_loggers:
+                if matrix is not None:
+                    logger.log_image("val/confusion_matrix", [render_confusion_matrix(matrix, names)], step=None)
+                data = [[wandb.Image(img), pred, target] for img, (pred, target) in zip(images, rows, strict=True)]
+                logger.log_table("val/samples", columns=["image", "prediction", "target"], data=data)
+            return
+        folder = Path(trainer.log_dir or trainer.default_root_dir) / "validation"
+        folder.mkdir(parents=True, exist_ok=True)
+        if matrix is not None:
+            render_confusion_matrix(matrix, names).save(folder / f"confusion_matrix_epoch{epoch:03d}.png")
+        if images:
+            render_samples(images, rows).save(folder / f"samples_epoch{epoch:03d}.png")
+
+
+def _caption(columns: dict[str, str]) -> str:
+    if "prediction" in columns:
+        return columns["prediction"] + (f" ({float(columns['score']):.2f})" if "score" in columns else "")
+    if list(columns) == ["target"]:
+        return columns["target"]
+    return " ".join(f"{k.removeprefix('target_')}={v}" for k, v in columns.items())
+
+
+def to_pil(image: torch.Tensor, data_config: dict[str, Any]) -> Image.Image:
+    """Undo the transform's normalisation of a CHW tensor."""
+    mean = torch.tensor(data_config["mean"]).view(-1, 1, 1)
+    std = torch.tensor(data_config["std"]).view(-1, 1, 1)
+    pixels = ((image.float() * std + mean).clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+    return Image.fromarray(pixels)
+
+
+def render_confusion_matrix(matrix: torch.Tensor, names: list[str]) -> Image.Image:
+    """A confusion matrix as a picture: rows are true classes, columns predicted; shade = share of the row."""
+    n = matrix.shape[0]
+    cell = max(14, min(48, 640 // n))
+    label_w = 8 + 6 * min(16, max(len(name) for name in names))
+    top = 24
+    img = Image.new("RGB", (label_w + n * cell + 8, top + n * cell + label_w), "white")
+    draw = ImageDraw.Draw(img)
+    font = ImageFont.load_default()
+    draw.text((4, 4), "rows: true class, columns: predicted", fill="black", font=font)
+    shares = matrix.float() / matrix.sum(dim=1, keepdim=True).clamp_min(1)
+    for i in range(n):
+        draw.text((4, top + i * cell + cell // 2 - 5), names[i][:16], fill="black", font=font)
+        for j in range(n):
+            shade = int(255 * (1 - float(shares[i, j])))
+            x, y = label_w + j * cell, top + i * cell
+            draw.rectangle([x, y, x + cell - 1, y + cell - 1], fill=(shade, shade, 255), outline=(200, 200, 200))
+            if cell >= 24:
+                colour = "white" if shade < 128 else "black"
+                draw.text((x + 3, y + cell // 2 - 5), str(int(matrix[i, j])), fill=colour, font=font)
+    column_labels = Image.new("RGB", (label_w, n * cell), "white")
+    column_draw = ImageDraw.Draw(column_labels)
+    for j in range(n):
+        column_draw.text((4, j * cell + cell // 2 - 5), names[j][:16], fill="black", font=font)
+    img.paste(column_labels.rotate(90, expand=True), (label_w, top + n * cell))
+    return img
+
+
+def render_samples(images: list[Image.Image], rows: list[tuple[str, str]], size: int = 96) -> Image.Image:
+    """A grid of thumbnails captioned with prediction (p) and target (t)."""
+    columns = min(8, len(images))
+    lines = 28
+    grid = Image.new("RGB", (columns * (size + 4), -(-len(images) // columns) * (size + lines + 4)), "white")
+    draw = ImageDraw.Draw(grid)
+    for i, (img, (prediction, target)) in enumerate(zip(images, rows, strict=True)):
+        x, y = (i % columns) * (size + 4), (i // columns) * (size + lines + 4)
+        grid.paste(img.resize((size, size)), (x, y))
+        draw.text((x, y + size + 2), f"p: {prediction}"[:24], fill="black")
+        label = prediction.split(" (")[0]
+        colour = "black" if "=" in target else (0, 110, 0) if label == target else "red"  # values: no right/wrong
+        draw.text((x, y + size + 14), f"t: {target}"[:24], fill=colour)
+    return grid
