@@ -64,7 +64,9 @@ class ValidationReport(L.Callback):
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self._active(trainer):
             return
-        matrix = self._confusion.compute().cpu() if self._confusion is not None else None  # syncs all processes
+        # Both of these are collective calls: every process makes them, before only rank 0 goes on.
+        matrix = self._confusion.compute().cpu() if self._confusion is not None else None
+        folder = Path(trainer.log_dir or trainer.default_root_dir) / "validation"
         if not trainer.is_global_zero:
             return
         task, names = pl_module.task, pl_module.task.names
@@ -81,7 +83,6 @@ class ValidationReport(L.Callback):
                 data = [[wandb.Image(img), pred, target] for img, (pred, target) in zip(images, rows, strict=True)]
                 logger.log_table("val/samples", columns=["image", "prediction", "target"], data=data)
             return
-        folder = Path(trainer.log_dir or trainer.default_root_dir) / "validation"
         folder.mkdir(parents=True, exist_ok=True)
         if matrix is not None:
             render_confusion_matrix(matrix, names).save(folder / f"confusion_matrix_epoch{epoch:03d}.png")
