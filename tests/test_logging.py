@@ -37,6 +37,8 @@ def test_offline_wandb_run_holds_config_metrics_and_confusion_matrix(tmp_path, s
         tmp_path,
         "--trainer.logger.init_args.name",
         "offline-test",
+        "--trainer.logger.init_args.log_model",
+        "true",
     )
     (run,) = tmp_path.glob("wandb/offline-run-*")
     records = read_records(next(run.glob("run-*.wandb")))
@@ -54,6 +56,10 @@ def test_offline_wandb_run_holds_config_metrics_and_confusion_matrix(tmp_path, s
     assert len([r for r in rows if "val/confusion_matrix.filenames" in r]) == 2
     assert len(list((run / "files/media/images/val").glob("confusion_matrix_*.png"))) == 2
     assert list((run / "files/media/table/val").glob("samples_*.table.json"))
+    # log_model: the best checkpoint becomes a model artifact tagged "best"
+    artifacts = [r.artifact for r in records if r.WhichOneof("record_type") == "artifact"]
+    models = [a for a in artifacts if a.type == "model"]
+    assert models and any("best" in a.aliases for a in models)
 
 
 @pytest.mark.slow
