@@ -3,18 +3,13 @@
 from __future__ import annotations
 
 import csv
-import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parent.parent
-VITKIT = str(Path(sys.executable).with_name("vitkit"))
-TIMEOUT_S = 300
+from tests.helpers import REPO, vitkit
+
 RECIPES = sorted((REPO / "recipes").glob("*.yaml"))
 
 pytestmark = pytest.mark.slow
@@ -36,31 +31,6 @@ model:
 data:
   init_args: {batch_size: 16, num_workers: 0}
 """
-
-
-def vitkit(*args: str, check: bool = True, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "offline", **(env or {})}
-    env.pop("WANDB_API_KEY", None)
-    # Own process group: a hung run (and the DDP workers it launched) is killed whole instead of hanging the suite.
-    process = subprocess.Popen(
-        [VITKIT, *map(str, args)],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        stdout, stderr = process.communicate(timeout=TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        stdout, stderr = process.communicate()
-        raise AssertionError(f"vitkit {' '.join(map(str, args))} ran over {TIMEOUT_S} s:\n{stdout}\n{stderr}") from None
-    result = subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
-    if check and result.returncode != 0:
-        raise AssertionError(f"vitkit {' '.join(map(str, args))} failed:\n{result.stdout}\n{result.stderr}")
-    return result
 
 
 @pytest.fixture(scope="module")

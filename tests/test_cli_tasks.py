@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_cli import vitkit
+from tests.helpers import vitkit
 from vitkit.synthetic import make_multilabel_manifest, make_regression_manifest
 
 pytestmark = pytest.mark.slow

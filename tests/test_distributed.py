@@ -9,21 +9,12 @@ import pytest
 import torch
 import yaml
 
-from tests.test_cli import vitkit
+from tests.helpers import fit_quickstart, vitkit
 from vitkit.synthetic import make_shapes_folder
 
 pytestmark = pytest.mark.slow
 
-TINY = [
-    "--model.backbone.init_args.model_kwargs",
-    "{img_size: 32, patch_size: 8, depth: 2}",
-    "--data.init_args.num_workers",
-    "0",
-    "--data.init_args.batch_size",
-    "8",
-    "--trainer.accelerator",
-    "cpu",
-]
+CPU = ["--trainer.accelerator", "cpu", "--data.init_args.batch_size", "8"]
 
 
 @pytest.fixture(scope="module")
@@ -33,15 +24,10 @@ def odd_root(tmp_path_factory) -> Path:
 
 
 def fit(root: Path, run: Path, *extra: str) -> Path:
-    vitkit(
-        "fit",
-        "--config",
-        "recipes/quickstart.yaml",
-        *TINY,
-        "--data.init_args.root",
+    fit_quickstart(
         root,
-        "--trainer.default_root_dir",
         run,
+        *CPU,
         "--checkpoint.dirpath",
         run / "checkpoints",
         "--trainer.logger",

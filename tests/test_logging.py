@@ -6,33 +6,18 @@ import os
 
 import pytest
 
-from tests.test_cli import vitkit
+from tests.helpers import fit_quickstart
 from tests.wandb_records import history, read_records, run_config
 from vitkit.loggers import WandbLogger
-
-TINY = [
-    "--model.backbone.init_args.model_kwargs",
-    "{img_size: 32, patch_size: 8, depth: 2}",
-    "--data.init_args.num_workers",
-    "0",
-    "--data.init_args.batch_size",
-    "16",
-]
 
 
 @pytest.mark.slow
 def test_offline_wandb_run_holds_config_metrics_and_confusion_matrix(tmp_path, shapes_root):
-    vitkit(
-        "fit",
-        "--config",
-        "recipes/quickstart.yaml",
-        *TINY,
+    fit_quickstart(
+        shapes_root,
+        tmp_path,
         "--trainer.max_epochs",
         "2",
-        "--data.init_args.root",
-        shapes_root,
-        "--trainer.default_root_dir",
-        tmp_path,
         "--trainer.logger.init_args.save_dir",
         tmp_path,
         "--trainer.logger.init_args.name",
@@ -64,20 +49,7 @@ def test_offline_wandb_run_holds_config_metrics_and_confusion_matrix(tmp_path, s
 
 @pytest.mark.slow
 def test_without_a_logger_the_report_is_saved_as_png(tmp_path, shapes_root):
-    vitkit(
-        "fit",
-        "--config",
-        "recipes/quickstart.yaml",
-        *TINY,
-        "--trainer.max_epochs",
-        "1",
-        "--data.init_args.root",
-        shapes_root,
-        "--trainer.default_root_dir",
-        tmp_path,
-        "--trainer.logger",
-        "false",
-    )
+    fit_quickstart(shapes_root, tmp_path, "--trainer.max_epochs", "1", "--trainer.logger", "false")
     assert [p.name for p in sorted((tmp_path / "validation").iterdir())] == [
         "confusion_matrix_epoch000.png",
         "samples_epoch000.png",
@@ -115,20 +87,8 @@ def test_online_with_unreachable_server_warns_within_the_timeout(tmp_path, no_wa
 def test_fit_online_without_login_completes_with_one_warning(tmp_path, shapes_root):
     (tmp_path / ".netrc").write_text("")
     env = {"WANDB_MODE": "online", "HOME": str(tmp_path), "NETRC": str(tmp_path / ".netrc")}
-    result = vitkit(
-        "fit",
-        "--config",
-        "recipes/quickstart.yaml",
-        *TINY,
-        "--trainer.max_epochs",
-        "1",
-        "--data.init_args.root",
-        shapes_root,
-        "--trainer.default_root_dir",
-        tmp_path,
-        "--trainer.logger.init_args.save_dir",
-        tmp_path,
-        env=env,
+    result = fit_quickstart(
+        shapes_root, tmp_path, "--trainer.max_epochs", "1", "--trainer.logger.init_args.save_dir", tmp_path, env=env
     )
     assert result.stderr.count("W&B: not logged in") == 1
     assert list(tmp_path.glob("wandb/offline-run-*/run-*.wandb"))

@@ -1,8 +1,10 @@
 """vitkit: transfer learning with Vision Transformers on PyTorch Lightning and timm."""
 
+from vitkit.augment import MixupCutmix
 from vitkit.backbone import Backbone
 from vitkit.data import ClassFolderDataModule, ImageDataModule, ManifestDataModule
 from vitkit.errors import DataError, VitkitError, WeightsError
+from vitkit.finetune import FineTuning, FreezeThenUnfreeze, LinearProbe, LoRA, merge_adapters
 from vitkit.heads import LinearHead, MLPHead
 from vitkit.module import TransferModule
 from vitkit.schedulers import WarmupCosineLR
@@ -17,10 +19,15 @@ __all__ = [
     "ClassFolderDataModule",
     "Classification",
     "DataError",
+    "FineTuning",
+    "FreezeThenUnfreeze",
     "ImageDataModule",
     "LinearHead",
+    "LinearProbe",
+    "LoRA",
     "MLPHead",
     "ManifestDataModule",
+    "MixupCutmix",
     "MultiLabel",
     "Regression",
     "Task",
@@ -28,4 +35,5 @@ __all__ = [
     "VitkitError",
     "WarmupCosineLR",
     "WeightsError",
+    "merge_adapters",
 ]

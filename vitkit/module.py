@@ -14,8 +14,10 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_info
 from torchmetrics import MeanMetric
 
+from vitkit.augment import MixupCutmix
 from vitkit.backbone import Backbone
 from vitkit.errors import DataError
+from vitkit.finetune import FineTuning, scaled_optimizer_groups
 from vitkit.heads import HeadFactory, LinearHead
 from vitkit.tasks import Classification, LabelStats, Task
 
@@ -36,7 +38,10 @@ class TransferModule(L.LightningModule):
             from the data module.
         label_stats: statistics of the training targets (regression mean/std, label frequencies) that the task
             uses; the CLI links them from the data module, and checkpoints restore them with the weights.
-        optimizer: called with the trainable parameters (AdamW lr=1e-4, wd=0.05 by default).
+        finetune: the fine-tuning strategy (:mod:`vitkit.finetune`): full (default), linear probe, freeze then
+            unfreeze, LoRA; layer-wise LR decay and weight-decay groups.
+        batch_augment: Mixup / CutMix on training batches (:class:`vitkit.augment.MixupCutmix`, classification).
+        optimizer: called with the strategy's parameter groups (AdamW lr=1e-4, wd=0.05 by default).
         lr_scheduler: called with the optimizer; if it accepts ``total_steps`` (like
             :class:`vitkit.schedulers.WarmupCosineLR`) it gets ``trainer.estimated_stepping_batches``.
         scheduler_interval: step the scheduler every optimizer ``step`` or every ``epoch``.
@@ -50,6 +55,8 @@ class TransferModule(L.LightningModule):
         task: Task | None = None,
         class_names: list[str] | None = None,
         label_stats: LabelStats | None = None,
+        finetune: FineTuning | None = None,
+        batch_augment: MixupCutmix | None = None,
         optimizer: OptimizerCallable = _default_optimizer,
         lr_scheduler: LRSchedulerCallable | None = None,
         scheduler_interval: Literal["step", "epoch"] = "step",
@@ -64,6 +71,11 @@ class TransferModule(L.LightningModule):
         self.head = head(backbone.num_features, num_outputs)
         self.task = task if task is not None else Classification()
         self.task.bind(num_outputs, class_names, label_stats)
+        if batch_augment is not None and not isinstance(self.task, Classification):
+            raise ValueError("TransferModule: batch_augment (Mixup/CutMix) needs the Classification task.")
+        self.batch_augment = batch_augment
+        self.finetune = finetune if finetune is not None else FineTuning()
+        self.finetune.setup(self)
         self.num_outputs = num_outputs
         self.class_names = list(class_names) if class_names is not None else None
         self.optimizer_factory = optimizer
@@ -94,13 +106,16 @@ class TransferModule(L.LightningModule):
         # compute() syncs across processes once per epoch; per-label metrics (ClasswiseWrapper) come back as one
         # value per label. The loss is the sample-weighted mean over all processes.
         metrics, loss = getattr(self, f"{stage}_metrics"), getattr(self, f"{stage}_loss")
-        values = {k: v for k, v in metrics.compute().items() if v.numel() == 1}
+        updated = any(m.update_called for m in metrics.values())  # not with soft (mixup) targets
+        values = {k: v for k, v in metrics.compute().items() if v.numel() == 1} if updated else {}
         values["train/loss_epoch" if stage == "train" else f"{stage}/loss"] = loss.compute()
         self.log_dict(values, prog_bar=stage == "val")
         metrics.reset()
         loss.reset()
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        if self.batch_augment is not None:
+            batch = self.batch_augment(batch[0], batch[1], self.num_outputs)
         step = self._shared_step(batch, "train")
         self.log("train/loss", step["loss"], prog_bar=True, batch_size=batch[0].shape[0])  # this process, per step
         return step["loss"]
@@ -136,9 +151,12 @@ class TransferModule(L.LightningModule):
         images = batch[0] if isinstance(batch, (list, tuple)) else batch
         return self.task.predict(self(images))
 
+    def configure_callbacks(self) -> list[L.Callback]:
+        return self.finetune.callbacks()
+
     def configure_optimizers(self) -> Any:
-        params = [p for p in self.parameters() if p.requires_grad]
-        optimizer = self.optimizer_factory(params)
+        optimizer = self.optimizer_factory(self.finetune.param_groups(self))
+        scaled_optimizer_groups(optimizer)
         if self.scheduler_factory is None:
             return optimizer
         if _accepts(self.scheduler_factory, "total_steps"):

@@ -1,0 +1,45 @@
+"""Running the real `vitkit` console script from tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import TINY_VIT
+
+REPO = Path(__file__).resolve().parent.parent
+VITKIT = str(Path(sys.executable).with_name("vitkit"))
+TIMEOUT_S = 300
+
+#: Overrides that shrink the quickstart recipe's ViT to 2 blocks of 8x8 patches, loading data in-process.
+TINY_ARGS = ["--model.backbone.init_args.model_kwargs", json.dumps(TINY_VIT["model_kwargs"]),
+             "--data.init_args.num_workers", "0", "--data.init_args.batch_size", "16"]  # fmt: skip
+
+
+def vitkit(*args: object, check: bool = True, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run ``vitkit *args`` from the repo root (W&B offline, tests importable); fail with its output if it fails."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "offline", **(env or {})}
+    env.pop("WANDB_API_KEY", None)
+    # Own process group: a hung run (and the DDP workers it launched) is killed whole instead of hanging the suite.
+    command = [VITKIT, *map(str, args)]
+    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, start_new_session=True)  # fmt: skip
+    try:
+        stdout, stderr = process.communicate(timeout=TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        stdout, stderr = process.communicate()
+        raise AssertionError(f"{' '.join(command)} ran over {TIMEOUT_S} s:\n{stdout}\n{stderr}") from None
+    if check and process.returncode != 0:
+        raise AssertionError(f"{' '.join(command)} failed:\n{stdout}\n{stderr}")
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+
+
+def fit_quickstart(root: Path, run: Path, *extra: object, env: dict[str, str] | None = None):
+    """`vitkit fit` with the quickstart recipe and :data:`TINY_ARGS` on class folders ``root``, into ``run``."""
+    return vitkit("fit", "--config", "recipes/quickstart.yaml", *TINY_ARGS, "--data.init_args.root", root,
+                  "--trainer.default_root_dir", run, *extra, env=env)  # fmt: skip
