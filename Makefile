@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 SRC    := $(wildcard vitkit tests scripts benchmarks)
 
-.PHONY: install demo test test-fast lint format bench clean
+.PHONY: install demo test test-fast lint format bench-finetune clean
 
 install: $(STAMP)
 
@@ -31,6 +31,9 @@ lint: install
 format: install
 	$(BIN)/ruff check --fix $(SRC)
 	$(BIN)/ruff format $(SRC)
+
+bench-finetune: install
+	$(BIN)/python benchmarks/finetune_strategies.py
 
 clean:
 	rm -rf $(VENV) runs demo_data .pytest_cache .ruff_cache *.egg-info

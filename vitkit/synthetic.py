@@ -114,24 +114,3 @@ def make_regression_manifest(root: str | Path, n: int = 200, size: int = 48, see
         lines.append(f"{name},{brightness:.3f},{radius:.4f}")
     (root / "targets.csv").write_text("\n".join(lines) + "\n")
     return root / "targets.csv"
-
-
-#: Colour classes for :func:`make_colour_folder`.
-COLOURS = {"red": (220, 60, 60), "green": (60, 200, 80), "blue": (70, 110, 230), "yellow": (230, 210, 60)}
-
-
-def make_colour_folder(
-    root: str | Path, per_class: int = 20, sizes: tuple[int, int] = (40, 96), seed: int = 1
-) -> Path:
-    """Write a class-folder tree ``root/<colour>/<i>.png``: the class is the colour of the object, its shape is
-    random — a task that reuses what a model learned on :func:`make_shapes_folder` without being the same task."""
-    root = Path(root)
-    rng = np.random.default_rng(seed)
-    for name, base in COLOURS.items():
-        folder = root / name
-        folder.mkdir(parents=True, exist_ok=True)
-        for i in range(per_class):
-            colour = tuple(int(c) for c in np.clip(np.array(base) + rng.integers(-40, 41, size=3), 0, 255))
-            shape = SHAPES[int(rng.integers(len(SHAPES)))]
-            draw_shape(rng, shape, int(rng.integers(sizes[0], sizes[1] + 1)), colour).save(folder / f"{i:04d}.png")
-    return root
