@@ -139,3 +139,14 @@ def test_bad_data_root_is_one_clear_error_without_traceback(tmp_path):
 def test_every_recipe_parses(recipe):
     result = vitkit("fit", "--config", recipe, "--print_config")
     assert "model:" in result.stdout and "class_path" in result.stdout
+
+
+def test_test_subcommand_scores_the_test_split(fitted, shapes_root, tmp_path):
+    (tmp_path / "train").symlink_to(shapes_root, target_is_directory=True)
+    for class_dir in shapes_root.iterdir():
+        (tmp_path / "test" / class_dir.name).mkdir(parents=True)
+        for image in sorted(class_dir.iterdir())[:3]:
+            (tmp_path / "test" / class_dir.name / image.name).symlink_to(image)
+    result = vitkit("test", "--data", "vitkit.ClassFolderDataModule", "--data.root", tmp_path,
+                    "--ckpt_path", fitted / "checkpoints" / "last.ckpt", "--trainer.logger", "false")  # fmt: skip
+    assert "test/acc" in result.stdout and "test/f1_macro" in result.stdout
