@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 SRC    := $(wildcard vitkit tests scripts benchmarks)
 
-.PHONY: install demo test test-fast lint format bench-finetune clean
+.PHONY: install demo test test-fast lint format bench bench-finetune clean
 
 install: $(STAMP)
 
@@ -31,6 +31,9 @@ lint: install
 format: install
 	$(BIN)/ruff check --fix $(SRC)
 	$(BIN)/ruff format $(SRC)
+
+bench: install
+	$(BIN)/python benchmarks/bench.py
 
 bench-finetune: install
 	$(BIN)/python benchmarks/finetune_strategies.py

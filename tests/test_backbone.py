@@ -119,3 +119,9 @@ def test_pickled_code_in_a_pth_file_is_refused_and_never_runs(tmp_path):
 def test_pretrained_and_weights_together_is_an_error(tmp_path):
     with pytest.raises(ValueError, match="either pretrained=True"):
         Backbone(**TINY_VIT, pretrained=True, weights=tmp_path / "w.pth")
+
+
+def test_timm_fused_attention_stays_on():
+    """vitkit never disables timm's scaled_dot_product_attention path (the fast one on GPUs)."""
+    backbone = Backbone(**TINY_VIT)
+    assert all(block.attn.fused_attn for block in backbone.model.blocks)

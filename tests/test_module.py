@@ -76,3 +76,13 @@ def test_loading_a_checkpoint_with_other_classes_is_refused(shapes_root, tmp_pat
 def test_class_names_must_match_num_outputs():
     with pytest.raises(ValueError, match="2 class_names for num_outputs=3"):
         TransferModule(Backbone(**TINY_VIT), num_outputs=3, class_names=["a", "b"])
+
+
+@pytest.mark.slow
+def test_compiled_backbone_trains_with_unchanged_checkpoint_keys(shapes_root, tmp_path):
+    model = TransferModule(Backbone(**TINY_VIT), num_outputs=4, compile=True)
+    keys = set(model.state_dict())
+    trainer = fit(model, shapes_root, tmp_path)
+    assert model.backbone.model._compiled_call_impl is not None  # nn.Module.compile() ran
+    assert set(model.state_dict()) == keys  # no `_orig_mod.` prefixes: checkpoints stay loadable without compile
+    assert torch.isfinite(trainer.callback_metrics["train/loss_epoch"])

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
-from timm.data import Mixup
 
 
 class MixupCutmix:
@@ -24,12 +25,14 @@ class MixupCutmix:
         self.cutmix_alpha = cutmix_alpha
         self.prob = prob
         self.switch_prob = switch_prob
-        self._mixup: Mixup | None = None
+        self._mixup: Any = None
 
     def __call__(
         self, images: torch.Tensor, targets: torch.Tensor, num_classes: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
         if self._mixup is None or self._mixup.num_classes != num_classes:
+            from timm.data import Mixup  # lazily: see vitkit.backbone
+
             self._mixup = Mixup(mixup_alpha=self.mixup_alpha, cutmix_alpha=self.cutmix_alpha, prob=self.prob,
                                 switch_prob=self.switch_prob, label_smoothing=0.0, num_classes=num_classes)  # fmt: skip
         if images.shape[0] % 2:  # timm mixes a batch with its reverse, which needs an even batch

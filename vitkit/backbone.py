@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import timm
 import torch
 from torch import nn
 
@@ -44,6 +43,8 @@ class Backbone(nn.Module):
         kwargs = {k: v for k, v in (model_kwargs or {}).items() if v is not None}
         kwargs.pop("num_classes", None)
         self.model_name = model_name
+        import timm  # here, not at import time: `vitkit --help` and --print_config need no timm (~1 s with wandb)
+
         self.model = timm.create_model(model_name, pretrained=pretrained, num_classes=0, **kwargs)
         if weights is not None:
             load_backbone_weights(self.model, weights)
@@ -56,7 +57,9 @@ class Backbone(nn.Module):
     @property
     def data_config(self) -> dict[str, Any]:
         """timm data config (input_size, interpolation, mean, std, crop_pct, crop_mode) for this model."""
-        config = timm.data.resolve_model_data_config(self.model)
+        from timm.data import resolve_model_data_config
+
+        config = resolve_model_data_config(self.model)
         # A ViT built with img_size=... keeps its pretrained cfg's input size; the patch embedding knows the truth.
         img_size = getattr(getattr(self.model, "patch_embed", None), "img_size", None)
         if img_size is not None and not getattr(self.model, "dynamic_img_size", False):

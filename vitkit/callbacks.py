@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.loggers import WandbLogger
 from PIL import Image, ImageDraw, ImageFont
 from torchmetrics.classification import MulticlassConfusionMatrix
 
@@ -73,7 +73,7 @@ class ValidationReport(L.Callback):
         images = [to_pil(img, pl_module.data_config) for img, _, _ in self._samples]
         rows = [(_caption(task.describe(p)), _caption(task.describe_target(t))) for _, p, t in self._samples]
         epoch = trainer.current_epoch
-        wandb_loggers = [logger for logger in trainer.loggers if isinstance(logger, WandbLogger)]
+        wandb_loggers = wandb_loggers_of(trainer)
         if wandb_loggers:
             import wandb
 
@@ -88,6 +88,13 @@ class ValidationReport(L.Callback):
             render_confusion_matrix(matrix, names).save(folder / f"confusion_matrix_epoch{epoch:03d}.png")
         if images:
             render_samples(images, rows).save(folder / f"samples_epoch{epoch:03d}.png")
+
+
+def wandb_loggers_of(trainer: L.Trainer) -> list[Any]:
+    """The trainer's W&B loggers; without importing wandb (slow) when there are none: a WandbLogger instance
+    means its module was imported already."""
+    module = sys.modules.get("lightning.pytorch.loggers.wandb")
+    return [logger for logger in trainer.loggers if module is not None and isinstance(logger, module.WandbLogger)]
 
 
 def _caption(columns: dict[str, str]) -> str:

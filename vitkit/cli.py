@@ -18,9 +18,8 @@ from lightning.pytorch.callbacks import (
     RichProgressBar,
 )
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
-from lightning.pytorch.loggers import WandbLogger
 
-from vitkit.callbacks import ValidationReport
+from vitkit.callbacks import ValidationReport, wandb_loggers_of
 from vitkit.data.base import ImageDataModule
 from vitkit.errors import VitkitError, WeightsError
 from vitkit.module import TransferModule
@@ -36,11 +35,11 @@ class ConfigToLoggers(SaveConfigCallback):
         config = yaml.safe_load(text)
         for logger in trainer.loggers:
             logger.log_hyperparams({"config": config})
-            if isinstance(logger, WandbLogger):
-                run = logger.experiment
-                path = Path(run.dir) / self.config_filename
-                path.write_text(text)
-                run.save(str(path), base_path=run.dir, policy="now")
+        for logger in wandb_loggers_of(trainer):
+            run = logger.experiment
+            path = Path(run.dir) / self.config_filename
+            path.write_text(text)
+            run.save(str(path), base_path=run.dir, policy="now")
 
 
 class VitkitCLI(LightningCLI):

@@ -12,7 +12,6 @@ from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import BaseFinetuning
-from timm.optim import param_groups_layer_decay, param_groups_weight_decay
 from torch import nn
 from torch.optim import Optimizer
 
@@ -43,6 +42,9 @@ class FineTuning:
 
     def param_groups(self, module: L.LightningModule) -> list[dict[str, Any]]:
         """Optimizer groups of the trainable parameters; a group's ``lr_scale`` multiplies the optimizer's LR."""
+        # timm.optim imports timm.utils, which imports wandb (~0.7 s): only when an optimizer is built
+        from timm.optim import param_groups_layer_decay, param_groups_weight_decay
+
         backbone = module.backbone.model
         no_decay = set(getattr(backbone, "no_weight_decay", set)())
         decay = 1.0 if self.weight_decay is None else self.weight_decay  # placeholder, dropped below if None

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from timm.layers import get_act_layer, get_norm_layer
 from torch import nn
 
 #: What the model accepts as ``head``: a class or function called as ``head(in_features, out_features)``.
@@ -39,6 +38,8 @@ class MLPHead(nn.Sequential):
     ) -> None:
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"MLPHead: dropout must be in [0, 1), got {dropout}.")
+        from timm.layers import get_act_layer, get_norm_layer  # lazily: see vitkit.backbone
+
         try:
             act_layer = get_act_layer(activation)
         except KeyError:

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import timm.data
 import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader
@@ -89,10 +88,12 @@ class ImageDataModule(L.LightningDataModule):
 
     def resolved_data_config(self) -> dict[str, Any]:
         """The timm data config used for transforms: explicit, else the attached model's, else timm's default."""
+        from timm.data import resolve_data_config  # lazily: see vitkit.backbone
+
         config = self.data_config
         if config is None:
             module = self.trainer.lightning_module if self.trainer is not None else None
-            config = getattr(module, "data_config", None) or timm.data.resolve_data_config(
+            config = getattr(module, "data_config", None) or resolve_data_config(
                 pretrained_cfg={"input_size": (3, 224, 224)}
             )
         config = dict(config)
@@ -102,8 +103,10 @@ class ImageDataModule(L.LightningDataModule):
 
     def transform(self, train: bool) -> Any:
         """timm's train (augmenting) or eval (resize + center crop) transform for the resolved data config."""
+        from timm.data import create_transform
+
         extra = self.augment if train else {}
-        return timm.data.create_transform(**self.resolved_data_config(), is_training=train, **extra)
+        return create_transform(**self.resolved_data_config(), is_training=train, **extra)
 
     def setup(self, stage: str) -> None:
         wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("predict",)}[stage]

@@ -16,6 +16,7 @@ from vitkit.errors import DataError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
 _SYSTEM_FILES = {"thumbs.db", "desktop.ini"}
+_ORIENTATION = 0x0112  # EXIF tag
 
 #: A sample is an image path and its target (class index, label vector, values; -1 when unlabelled).
 Sample = tuple[Path, Any]
@@ -43,7 +44,9 @@ def load_image(path: str | Path, background: tuple[int, int, int] = (255, 255, 2
     32-bit integer images are scaled to 8 bits rather than clipped, and palette / CMYK / grayscale become RGB.
     """
     with Image.open(path) as img:
-        img = ImageOps.exif_transpose(img)
+        img.load()
+        if img.getexif().get(_ORIENTATION, 1) != 1:  # exif_transpose copies even upright images: only when needed
+            img = ImageOps.exif_transpose(img)
         return to_rgb(img, background)
 
 
