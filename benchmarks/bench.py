@@ -3,7 +3,8 @@ batch size, workers and number of steps. Prints a table of ratios (vitkit / base
 
 Each measurement runs in a fresh Python process (so its peak memory is its own); throughput counts only the steps
 after warm-up. The start-up baseline is `python -c "import torch, lightning.pytorch"`, the floor of any Lightning
-command. Defaults suit a 2-core CPU (a tiny ViT on a generated folder, ~2 min); on a GPU:
+command. Defaults suit a 2-core CPU (a tiny ViT on a generated folder; ~4 min, most of it starting 12 Python processes);
+on a GPU:
 
     python benchmarks/bench.py --model vit_base_patch16_224 --img-size 224 --patch-size 16 --batch-size 64 \\
         --precision bf16-mixed --accelerator gpu --workers 8 --steps 50 --images 3200
@@ -33,9 +34,9 @@ def options(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--depth", type=int, default=None, help="ViT depth (default: the model's)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=30, help="timed steps after warm-up")
+    parser.add_argument("--steps", type=int, default=20, help="timed steps after warm-up")
     parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--repeats", type=int, default=3, help="alternating runs of each side; medians reported")
+    parser.add_argument("--repeats", type=int, default=2, help="alternating runs of each side; medians reported")
     parser.add_argument("--images", type=int, default=640, help="images in the generated folder")
     parser.add_argument("--accelerator", default="cpu", choices=["cpu", "gpu"])
     parser.add_argument("--precision", default="32-true", choices=["32-true", "bf16-mixed", "16-mixed"])
@@ -253,7 +254,7 @@ def row(name: str, ours: float, base: float | None, goal: str) -> dict:
     return {"benchmark": name, "vitkit": ours, "baseline": base, "ratio": ratio, "goal": goal}
 
 
-def startup_seconds(*command: str, repeat: int = 3) -> float:
+def startup_seconds(*command: str, repeat: int = 2) -> float:
     """Best wall time of ``command`` over ``repeat`` runs."""
     times = []
     for _ in range(repeat):
