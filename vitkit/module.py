@@ -155,7 +155,8 @@ class TransferModule(L.LightningModule):
         images = batch[0] if isinstance(batch, (list, tuple)) else batch
         return self.task.predict(self(images))
 
-    def configure_model(self) -> None:
+    def setup(self, stage: str) -> None:
+        # here, not configure_model: Lightning's EMA callback warns about sharding for models that override that
         if self.compile and not getattr(self.backbone.model, "_compiled_call_impl", None):
             self.backbone.model.compile()
 
