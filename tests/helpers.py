@@ -39,7 +39,7 @@ def vitkit(*args: object, check: bool = True, env: dict[str, str] | None = None)
     return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
 
 
-def fit_quickstart(root: Path, run: Path, *extra: object, env: dict[str, str] | None = None):
+def fit_quickstart(root: Path, run: Path, *extra: object, env: dict[str, str] | None = None, check: bool = True):
     """`vitkit fit` with the quickstart recipe and :data:`TINY_ARGS` on class folders ``root``, into ``run``."""
     return vitkit("fit", "--config", "recipes/quickstart.yaml", *TINY_ARGS, "--data.init_args.root", root,
-                  "--trainer.default_root_dir", run, *extra, env=env)  # fmt: skip
+                  "--trainer.default_root_dir", run, *extra, env=env, check=check)  # fmt: skip

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader
 
-from vitkit.data.images import ImageDataset, Sample, list_images
+from vitkit.data.images import ImageDataset, Sample, find_unreadable, list_images
 from vitkit.errors import DataError
 from vitkit.tasks import LabelStats
 
@@ -33,6 +34,9 @@ class ImageDataModule(L.LightningDataModule):
         data_config: explicit timm data config; by default it is read from the model in ``setup``.
         predict_root: images for ``vitkit predict`` (any folder, searched recursively, no labels needed);
             without it, predict runs on the test split, else on val.
+        on_bad_image: what to do with files that do not decode (truncated, empty, not an image), found by a scan
+            of every image before training: ``error`` lists them all and stops; ``skip`` leaves them out, with a
+            warning giving how many.
     """
 
     def __init__(
@@ -43,6 +47,7 @@ class ImageDataModule(L.LightningDataModule):
         augment: dict[str, Any] | None = None,
         data_config: dict[str, Any] | None = None,
         predict_root: str | Path | None = None,
+        on_bad_image: Literal["error", "skip"] = "error",
     ) -> None:
         super().__init__()
         self.batch_size = batch_size
@@ -51,6 +56,9 @@ class ImageDataModule(L.LightningDataModule):
         self.augment = dict(augment or {})
         self.data_config = data_config
         self.predict_root = Path(predict_root).expanduser() if predict_root is not None else None
+        if on_bad_image not in ("error", "skip"):
+            raise ValueError(f"on_bad_image must be 'error' or 'skip', got {on_bad_image!r}.")
+        self.on_bad_image = on_bad_image
         self.datasets: dict[str, ImageDataset] = {}
 
     @property
@@ -113,7 +121,23 @@ class ImageDataModule(L.LightningDataModule):
         for split in wanted:
             samples = self.samples(split)
             if samples is not None:
+                samples = self._readable(split, samples)
                 self.datasets[split] = ImageDataset(samples, self.transform(train=split == "train"))
+
+    def _readable(self, split: str, samples: list[Sample]) -> list[Sample]:
+        """Decode every image once, before any DataLoader worker does; apply ``on_bad_image`` to failures."""
+        bad = find_unreadable([path for path, _ in samples], workers=max(1, self.num_workers))
+        if not bad:
+            return samples
+        if self.on_bad_image == "error":
+            listed = "\n  ".join(f"{path}: {reason}" for path, reason in list(bad.items())[:50])
+            more = f"\n  ... and {len(bad) - 50} more" if len(bad) > 50 else ""
+            raise DataError(
+                f"{len(bad)} of {len(samples)} {split} images cannot be read:\n  {listed}{more}\n"
+                "Fix or remove them, or leave them out with --data.init_args.on_bad_image skip."
+            )
+        rank_zero_warn(f"skipped {len(bad)} of {len(samples)} {split} images that cannot be read (on_bad_image=skip)")
+        return [(path, target) for path, target in samples if path not in bad]
 
     def _loader(self, split: str, shuffle: bool = False) -> DataLoader:
         if split not in self.datasets:

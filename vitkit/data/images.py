@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +70,21 @@ def to_rgb(img: Image.Image, background: tuple[int, int, int] = (255, 255, 255))
         canvas.paste(img, mask=img.getchannel("A"))
         return canvas
     return img.convert("RGB")
+
+
+def find_unreadable(paths: Sequence[Path], workers: int = 1) -> dict[Path, str]:
+    """``{path: reason}`` for each file that :func:`load_image` cannot decode (decoding runs in threads)."""
+
+    def check(path: Path) -> str | None:
+        try:
+            load_image(path)
+        except Exception as err:  # PIL raises many types: truncated, unidentified, empty, OSError
+            return f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
+        return None
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        reasons = list(pool.map(check, paths))
+    return {path: reason for path, reason in zip(paths, reasons, strict=True) if reason is not None}
 
 
 class ImageDataset(Dataset):
