@@ -147,12 +147,10 @@ class LoRA(FineTuning):
 
 def merge_adapters(module: L.LightningModule) -> L.LightningModule:
     """Fold LoRA adapters into the backbone's linears in place (for export); outputs stay the same."""
-    for layer in module.backbone.model.modules():
-        if hasattr(layer, "merge") and hasattr(layer, "base_layer"):
-            layer.merge()
     for parent in list(module.backbone.model.modules()):
-        for name, child in parent.named_children():
-            if hasattr(child, "base_layer") and getattr(child, "merged", False):
+        for name, child in list(parent.named_children()):
+            if hasattr(child, "merge") and hasattr(child, "base_layer"):  # a peft LoRA layer
+                child.merge()
                 setattr(parent, name, child.get_base_layer())
     return module
 
@@ -215,10 +213,11 @@ class _Unfreeze(BaseFinetuning):
             self.make_trainable(m)
         groups = [g for g in strategy.param_groups(pl_module) if any(id(p) in frozen for p in g["params"])]
         scheduler = _scheduler_of(pl_module)
+        factor = _schedule_factor(scheduler)
         for group in groups:
             group["params"] = [p for p in group["params"] if id(p) in frozen]
             base_lr = optimizer.defaults["lr"] * strategy.backbone_lr_factor * group.pop("lr_scale", 1.0)
-            group["lr"] = group["initial_lr"] = base_lr * (_schedule_factor(scheduler))
+            group["lr"] = group["initial_lr"] = base_lr * factor
             optimizer.add_param_group(group)
             if scheduler is not None:  # keep the new group on the same schedule as the others
                 scheduler.base_lrs.append(base_lr)

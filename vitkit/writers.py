@@ -11,6 +11,8 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 
+from vitkit.data.images import UNLABELLED
+
 
 class CSVPredictionWriter(BasePredictionWriter):
     """Write one CSV row per image: its path, the task's prediction columns, and the target where known.
@@ -58,7 +60,7 @@ class CSVPredictionWriter(BasePredictionWriter):
         task = pl_module.task
         for row, index in enumerate(batch_indices or range(len(prediction))):
             path, target = samples[index] if samples is not None else (index, None)
-            known = target is not None and not (isinstance(target, int) and target < 0)
+            known = target is not None and not (isinstance(target, int) and target == UNLABELLED)
             line = {"path": str(path), **task.describe(prediction[row].float().cpu(), self.top_k)}
             line.update(task.describe_target(target if known else None))
             if self._writer is None:

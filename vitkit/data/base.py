@@ -12,7 +12,7 @@ from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader
 
-from vitkit.data.images import ImageDataset, Sample, find_unreadable, list_images
+from vitkit.data.images import UNLABELLED, ImageDataset, Sample, find_unreadable, list_images
 from vitkit.errors import DataError
 from vitkit.tasks import LabelStats
 
@@ -64,7 +64,7 @@ class ImageDataModule(L.LightningDataModule):
     @property
     def num_outputs(self) -> int:
         """Size of the model's output layer (number of classes, labels or targets)."""
-        raise NotImplementedError
+        return len(self.class_names)
 
     @property
     def class_names(self) -> list[str] | None:
@@ -92,7 +92,7 @@ class ImageDataModule(L.LightningDataModule):
         images = list_images(self.predict_root)
         if not images:
             raise DataError(f"no images found under predict_root {self.predict_root}.")
-        return [(path, -1) for path in images]
+        return [(path, UNLABELLED) for path in images]
 
     def resolved_data_config(self) -> dict[str, Any]:
         """The timm data config used for transforms: explicit, else the attached model's, else timm's default."""

@@ -46,10 +46,6 @@ class ClassFolderDataModule(ImageDataModule):
         self.seed = seed
 
     @property
-    def num_outputs(self) -> int:
-        return len(self.class_names)
-
-    @property
     def class_names(self) -> list[str]:
         return self.splits["classes"]
 

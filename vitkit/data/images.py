@@ -19,8 +19,10 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".
 _SYSTEM_FILES = {"thumbs.db", "desktop.ini"}
 _ORIENTATION = 0x0112  # EXIF tag
 
-#: A sample is an image path and its target (class index, label vector, values; -1 when unlabelled).
+#: A sample is an image path and its target (class index, label vector, values; UNLABELLED when unknown).
 Sample = tuple[Path, Any]
+#: Target of images without labels (``vitkit predict`` on a folder); an int so DataLoaders can batch it.
+UNLABELLED = -1
 
 
 def is_image_file(path: str | Path) -> bool:

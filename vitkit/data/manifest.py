@@ -90,10 +90,6 @@ class ManifestDataModule(ImageDataModule):
         return "regression" if self.target_columns else "multilabel"
 
     @property
-    def num_outputs(self) -> int:
-        return len(self.class_names)
-
-    @property
     def class_names(self) -> list[str]:
         return self.splits["names"]
 
