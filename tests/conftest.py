@@ -33,3 +33,14 @@ def split_root(tmp_path: Path, shapes_root: Path) -> Path:
             for image in chosen:
                 shutil.copy(image, tmp_path / split / class_dir.name / image.name)
     return tmp_path
+
+
+@pytest.fixture(scope="session")
+def trained_checkpoint(tmp_path_factory: pytest.TempPathFactory, shapes_root: Path) -> Path:
+    """``last.ckpt`` of a 1-epoch `vitkit fit` of the quickstart recipe (tiny ViT) on :func:`shapes_root`."""
+    from tests.helpers import fit_quickstart  # helpers import this module
+
+    run = tmp_path_factory.mktemp("trained")
+    fit_quickstart(shapes_root, run, "--trainer.max_epochs", "1", "--trainer.logger", "false",
+                   "--checkpoint.dirpath", run / "checkpoints")  # fmt: skip
+    return run / "checkpoints" / "last.ckpt"

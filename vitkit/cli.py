@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 import warnings
 from pathlib import Path
@@ -21,8 +22,9 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 
 from vitkit.callbacks import ValidationReport, wandb_loggers_of
 from vitkit.data.base import ImageDataModule
-from vitkit.errors import VitkitError, WeightsError
+from vitkit.errors import DataError, VitkitError, WeightsError
 from vitkit.module import TransferModule
+from vitkit.trainer import VitkitTrainer
 from vitkit.writers import CSVPredictionWriter
 
 
@@ -60,10 +62,19 @@ class VitkitCLI(LightningCLI):
         self.checkpoint_hparams = _checkpoint_hparams(argv if isinstance(argv, list) else sys.argv[1:])
         super().__init__(*args, **kwargs)
 
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        """Lightning's fit/validate/test/predict, and :class:`~vitkit.trainer.VitkitTrainer`'s embed/export/explain."""
+        return {
+            **LightningCLI.subcommands(),
+            "embed": {"model", "datamodule"},
+            "export": {"model", "datamodule"},
+            "explain": {"model", "datamodule"},
+        }
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.link_arguments("data.num_outputs", "model.num_outputs", apply_on="instantiate")
-        parser.link_arguments("data.class_names", "model.class_names", apply_on="instantiate")
-        parser.link_arguments("data.label_stats", "model.label_stats", apply_on="instantiate")
+        for name in ("num_outputs", "class_names", "label_stats"):
+            parser.link_arguments(f"data.{name}", f"model.{name}", self._from_data_or_checkpoint(name), "instantiate")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults(
             {
@@ -78,9 +89,29 @@ class VitkitCLI(LightningCLI):
             # Linked from the data; class names are checked against the checkpoint, label stats restored from it.
             skip = {"num_outputs", "class_names", "label_stats"}
             parser.set_defaults({f"model.{k}": v for k, v in self.checkpoint_hparams.items() if k not in skip})
+            # Unless a recipe or --data says otherwise, the data is just the images to predict on (predict_root).
+            parser.set_defaults({"data": {"class_path": "vitkit.data.ImageDataModule"}})
+
+    def _from_data_or_checkpoint(self, name: str) -> Any:
+        """Link function: the data module's value, else (data without labels) the checkpoint's."""
+
+        def value(from_data: Any) -> Any:
+            if from_data is not None or name == "label_stats":
+                return from_data if from_data is not None else self.checkpoint_hparams.get(name)
+            if name in self.checkpoint_hparams:
+                return self.checkpoint_hparams[name]
+            raise DataError(
+                "the data has no labels to size the model's output from: train with labelled data "
+                "(--data.class_path vitkit.data.ClassFolderDataModule --data.init_args.root DIR), or give a trained "
+                "model with --ckpt_path."
+            )
+
+        return value
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
+        if self.subcommand in ("predict", "embed", "export", "explain") and config.get("trainer.logger") is None:
+            config["trainer.logger"] = False  # nothing to log: no lightning_logs/ folder unless a recipe asks
         if config.get("ckpt_path") and config.get("model.backbone.init_args") is not None:
             # The checkpoint holds the backbone's weights; fetching hub weights or the old file again is waste.
             config["model.backbone.init_args.pretrained"] = False
@@ -132,14 +163,25 @@ def _checkpoint_hparams(argv: list[str]) -> dict[str, Any]:
     return {k: v for k, v in hparams.items() if not k.startswith("_")}
 
 
+class _NoAdverts(logging.Filter):
+    """Lightning prints a tip to install its paid logger on every run without it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in str(record.msg)
+
+
 def main(args: list[str] | None = None) -> None:
     """Entry point of the ``vitkit`` console script."""
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_NoAdverts())
     # Lightning 2.6 on torch >= 2.10 warns about its own pytree use on every step; nothing a user can act on.
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+    # The CLI re-creates the checkpointing callbacks itself; Lightning's reminder to do so is noise here.
+    warnings.filterwarnings("ignore", message=r"Be aware that when using `ckpt_path`, callbacks used to create")
     try:
         VitkitCLI(
             TransferModule,
             ImageDataModule,
+            trainer_class=VitkitTrainer,
             subclass_mode_data=True,
             args=args,
             save_config_callback=ConfigToLoggers,

@@ -85,6 +85,8 @@ class TransferModule(L.LightningModule):
         self.scheduler_factory = lr_scheduler
         self.scheduler_interval = scheduler_interval
         self.compile = compile
+        #: What ``predict_step`` returns: the task's predictions, or the backbone's pooled features (``vitkit embed``).
+        self.predict_output: Literal["task", "embedding"] = "task"
         self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
         self.train_metrics = self.task.metrics("train").clone(prefix="train/")
         self.val_metrics = self.task.metrics("val").clone(prefix="val/")
@@ -153,6 +155,8 @@ class TransferModule(L.LightningModule):
 
     def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> torch.Tensor:
         images = batch[0] if isinstance(batch, (list, tuple)) else batch
+        if self.predict_output == "embedding":
+            return self.backbone(images)
         return self.task.predict(self(images))
 
     def setup(self, stage: str) -> None:

@@ -59,6 +59,10 @@ class Task(nn.Module):
         """CSV columns for one image's target; empty values when it is unknown (``None``)."""
         raise NotImplementedError
 
+    def export_info(self) -> dict[str, Any]:
+        """What an exported model's outputs mean (written to the export's JSON sidecar)."""
+        return {"task": type(self).__name__.lower(), "outputs": "task predictions, one per class_names entry"}
+
 
 class Classification(Task):
     """Single-label multi-class classification: cross-entropy on logits, softmax scores.
@@ -107,6 +111,9 @@ class Classification(Task):
 
     def describe_target(self, target: Any | None) -> dict[str, str]:
         return {"target": self.names[int(target)] if target is not None else ""}
+
+    def export_info(self) -> dict[str, Any]:
+        return {"task": "classification", "outputs": "class probabilities (softmax), one per class_names entry"}
 
 
 class MultiLabel(Task):
@@ -168,6 +175,13 @@ class MultiLabel(Task):
         if target is None:
             return {"target": ""}
         return {"target": "|".join(name for name, y in zip(self.names, target, strict=True) if y >= 0.5)}
+
+    def export_info(self) -> dict[str, Any]:
+        return {
+            "task": "multilabel",
+            "outputs": "label probabilities (sigmoid), one per class_names entry; present from threshold",
+            "threshold": self.threshold,
+        }
 
 
 class Regression(Task):
@@ -236,3 +250,6 @@ class Regression(Task):
     def describe_target(self, target: Any | None) -> dict[str, str]:
         values = [None] * self.num_outputs if target is None else list(target)
         return {f"target_{n}": "" if v is None else f"{v:.6g}" for n, v in zip(self.names, values, strict=True)}
+
+    def export_info(self) -> dict[str, Any]:
+        return {"task": "regression", "outputs": "values in the training targets' units, one per class_names entry"}

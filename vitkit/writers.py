@@ -1,4 +1,8 @@
-"""Prediction writers: what ``vitkit predict`` leaves on disk."""
+"""Prediction writers: what ``vitkit predict`` and ``vitkit embed`` leave on disk.
+
+Under DDP every process writes a part file next to the output; once all are done, rank 0 merges them in the
+dataset's order into one file and removes the parts (the output folder must be shared by all processes).
+"""
 
 from __future__ import annotations
 
@@ -8,10 +12,24 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 
 from vitkit.data.images import UNLABELLED
+
+
+def _samples_of(trainer: L.Trainer, dataloader_idx: int) -> Sequence[Any] | None:
+    """The ``(path, target)`` samples of the predict dataset, where it has them."""
+    loaders = trainer.predict_dataloaders
+    loader = loaders[dataloader_idx] if isinstance(loaders, (list, tuple)) else loaders
+    return getattr(getattr(loader, "dataset", None), "samples", None)
+
+
+def _part(path: Path, rank: int, kind: str = "csv") -> Path:
+    """A rank's part file beside ``path``."""
+    suffix = ".npy" if kind in ("features", "index") else ""
+    return path.with_name(f"{path.name}.rank{rank}.{kind}.part{suffix}")
 
 
 class CSVPredictionWriter(BasePredictionWriter):
@@ -21,8 +39,7 @@ class CSVPredictionWriter(BasePredictionWriter):
     ``|``) and ``p_<label>``; regression: one column per target, in the original units.
 
     Args:
-        output: CSV path; default ``<trainer.default_root_dir>/predictions.csv``. Under DDP each rank writes
-            ``predictions.rank<N>.csv``.
+        output: CSV path; default ``<trainer.default_root_dir>/predictions.csv``.
         top_k: how many ranked labels to write (classification).
     """
 
@@ -32,17 +49,19 @@ class CSVPredictionWriter(BasePredictionWriter):
         self.top_k = top_k
         self._file: Any = None
         self._writer: Any = None
+        self._fields: list[str] | None = None
 
     def path(self, trainer: L.Trainer) -> Path:
-        """Where this rank writes."""
-        path = self.output or Path(trainer.default_root_dir) / "predictions.csv"
-        return path.with_suffix(f".rank{trainer.global_rank}.csv") if trainer.world_size > 1 else path
+        """The CSV file written."""
+        return self.output or Path(trainer.default_root_dir) / "predictions.csv"
 
     def on_predict_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         path = self.path(trainer)
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = path.open("w", newline="")
-        self._writer = None  # created at the first batch, when the task's columns are known
+        # Rows go to a part file (with the sample index first) as they come, so memory stays flat.
+        self._file = _part(path, trainer.global_rank).open("w", newline="")
+        self._writer = csv.writer(self._file)
+        self._fields = None
 
     def write_on_batch_end(
         self,
@@ -54,21 +73,116 @@ class CSVPredictionWriter(BasePredictionWriter):
         batch_idx: int,
         dataloader_idx: int,
     ) -> None:
-        loaders = trainer.predict_dataloaders
-        loader = loaders[dataloader_idx] if isinstance(loaders, (list, tuple)) else loaders
-        samples = getattr(getattr(loader, "dataset", None), "samples", None)
+        samples = _samples_of(trainer, dataloader_idx)
         task = pl_module.task
+        prediction = prediction.float().cpu()
         for row, index in enumerate(batch_indices or range(len(prediction))):
             path, target = samples[index] if samples is not None else (index, None)
             known = target is not None and not (isinstance(target, int) and target == UNLABELLED)
-            line = {"path": str(path), **task.describe(prediction[row].float().cpu(), self.top_k)}
+            line = {"path": str(path), **task.describe(prediction[row], self.top_k)}
             line.update(task.describe_target(target if known else None))
-            if self._writer is None:
-                self._writer = csv.DictWriter(self._file, fieldnames=list(line))
-                self._writer.writeheader()
-            self._writer.writerow(line)
+            if self._fields is None:
+                self._fields = list(line)
+                self._writer.writerow(["index", *self._fields])
+            self._writer.writerow([index, *line.values()])
 
     def on_predict_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._file is not None:
             self._file.close()
             self._file = None
+        trainer.strategy.barrier("vitkit-predictions")
+        if trainer.is_global_zero:
+            _merge_csv_parts(self.path(trainer), trainer.world_size)
+
+
+def _merge_csv_parts(path: Path, world_size: int) -> None:
+    """Join the ranks' part files into ``path``, in sample order, without the index column."""
+    header: list[str] | None = None
+    rows: list[tuple[int, list[str]]] = []
+    for rank in range(world_size):
+        with _part(path, rank).open(newline="") as f:
+            reader = csv.reader(f)
+            part_header = next(reader, None)
+            if part_header is not None:
+                header = part_header[1:]
+                rows += [(int(r[0]), r[1:]) for r in reader]
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        if header is not None:
+            writer.writerow(header)
+        writer.writerows(r for _, r in sorted(rows, key=lambda item: item[0]))
+    for rank in range(world_size):
+        _part(path, rank).unlink()
+
+
+class EmbeddingWriter(BasePredictionWriter):
+    """Write pooled backbone features: ``<output>.npy`` (N x num_features, float32) and ``<output>.csv`` (one row
+    per image, in the same order: ``row, path`` and the target where known).
+
+    Args:
+        output: file stem; default ``<trainer.default_root_dir>/embeddings`` (gives ``embeddings.npy`` and
+            ``embeddings.csv``).
+    """
+
+    def __init__(self, output: str | Path | None = None) -> None:
+        super().__init__(write_interval="batch")
+        self.output = Path(output) if output is not None else None
+        self._indices: list[int] = []
+        self._features: list[np.ndarray] = []
+
+    def stem(self, trainer: L.Trainer) -> Path:
+        """Path of the outputs without suffix."""
+        stem = self.output or Path(trainer.default_root_dir) / "embeddings"
+        return stem.with_suffix("") if stem.suffix in (".npy", ".csv") else stem
+
+    def on_predict_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._indices, self._features = [], []
+
+    def write_on_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        prediction: torch.Tensor,
+        batch_indices: Sequence[int] | None,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int,
+    ) -> None:
+        start = len(self._indices)
+        self._indices += list(batch_indices) if batch_indices is not None else range(start, start + len(prediction))
+        self._features.append(prediction.float().cpu().numpy())
+
+    def on_predict_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        stem = self.stem(trainer)
+        stem.parent.mkdir(parents=True, exist_ok=True)
+        rank = trainer.global_rank
+        features = np.concatenate(self._features) if self._features else np.zeros((0, 0), np.float32)
+        np.save(_part(stem, rank, "features"), features, allow_pickle=False)
+        np.save(_part(stem, rank, "index"), np.asarray(self._indices, np.int64), allow_pickle=False)
+        self._indices, self._features = [], []
+        trainer.strategy.barrier("vitkit-embeddings")
+        if trainer.is_global_zero:
+            self._merge(trainer, pl_module, stem)
+
+    def _merge(self, trainer: L.Trainer, pl_module: L.LightningModule, stem: Path) -> None:
+        parts = [(_part(stem, r, "features"), _part(stem, r, "index")) for r in range(trainer.world_size)]
+        features = [np.load(f) for f, _ in parts]
+        indices = np.concatenate([np.load(i) for _, i in parts])
+        features = np.concatenate([f for f in features if f.size] or [np.zeros((0, 0), np.float32)])
+        order = np.argsort(indices, kind="stable")
+        np.save(stem.with_suffix(".npy"), features[order], allow_pickle=False)
+        samples = _samples_of(trainer, 0)
+        task = pl_module.task
+        with stem.with_suffix(".csv").open("w", newline="") as f:
+            writer = None
+            for row, index in enumerate(indices[order].tolist()):
+                path, target = samples[index] if samples is not None else (index, None)
+                known = target is not None and not (isinstance(target, int) and target == UNLABELLED)
+                line = {"row": row, "path": str(path), **task.describe_target(target if known else None)}
+                if writer is None:
+                    writer = csv.DictWriter(f, fieldnames=list(line))
+                    writer.writeheader()
+                writer.writerow(line)
+        for feature_part, index_part in parts:
+            feature_part.unlink()
+            index_part.unlink()

@@ -20,7 +20,11 @@ STAGES = ("train", "val", "test", "predict")
 
 
 class ImageDataModule(L.LightningDataModule):
-    """Base class: subclasses implement :meth:`samples`, ``num_outputs`` and ``class_names``.
+    """Base class of vitkit's data modules; on its own, the images of ``predict_root`` for a trained model.
+
+    Subclasses implement :attr:`splits` and ``class_names`` (and ``label_stats`` when the task needs them). The
+    base class has no labelled splits: ``vitkit predict|embed --ckpt_path CKPT --data.predict_root DIR`` uses it,
+    with the classes taken from the checkpoint.
 
     Transforms come from timm's ``create_transform`` with the data config of the model being trained
     (input size, mean/std, interpolation, crop), so pretrained-weight statistics are never hard-coded.
@@ -62,9 +66,9 @@ class ImageDataModule(L.LightningDataModule):
         self.datasets: dict[str, ImageDataset] = {}
 
     @property
-    def num_outputs(self) -> int:
-        """Size of the model's output layer (number of classes, labels or targets)."""
-        return len(self.class_names)
+    def num_outputs(self) -> int | None:
+        """Size of the model's output layer (number of classes, labels or targets); None without labelled data."""
+        return len(self.class_names) if self.class_names is not None else None
 
     @property
     def class_names(self) -> list[str] | None:
@@ -79,14 +83,17 @@ class ImageDataModule(L.LightningDataModule):
     @property
     def splits(self) -> dict[str, list[Sample] | None]:
         """``{"train": [...], "val": [...], "test": [...] or None}``; subclasses scan their source once."""
-        raise NotImplementedError
+        return {"train": None, "val": None, "test": None}
 
     def samples(self, stage: str) -> list[Sample] | None:
         """The ``(path, target)`` samples of ``stage`` (train/val/test/predict), or ``None`` if it has none."""
         if stage != "predict":
             return self.splits[stage]
         if self.predict_root is None:
-            return self.splits["test"] or self.splits["val"]
+            samples = self.splits["test"] or self.splits["val"]
+            if samples is None:
+                raise DataError("no images to predict on: give a folder with --data.predict_root DIR.")
+            return samples
         if not self.predict_root.is_dir():
             raise DataError(f"predict_root not found: {self.predict_root}")
         images = list_images(self.predict_root)
@@ -141,11 +148,14 @@ class ImageDataModule(L.LightningDataModule):
 
     def _loader(self, split: str, shuffle: bool = False) -> DataLoader:
         if split not in self.datasets:
-            raise RuntimeError(f"{type(self).__name__} has no '{split}' split for this run.")
+            raise DataError(
+                f"{type(self).__name__} has no '{split}' images: training and evaluation need labelled data, e.g. "
+                "--data.class_path vitkit.data.ClassFolderDataModule --data.init_args.root DIR."
+            )
         dataset, sampler = self.datasets[split], None
-        if split in ("val", "test") and self.trainer is not None and self.trainer.world_size > 1:
+        if split != "train" and self.trainer is not None and self.trainer.world_size > 1:
             # Lightning's default pads every process to the same length by repeating samples, which counts them
-            # twice in the metrics; this sampler gives each sample to exactly one process.
+            # twice in the metrics (and the prediction files); this sampler gives each sample to one process.
             sampler = UnrepeatedDistributedSampler(
                 dataset, num_replicas=self.trainer.world_size, rank=self.trainer.global_rank, shuffle=False
             )
