@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -134,3 +135,20 @@ def test_same_seed_gives_the_same_val_metrics(tmp_path, odd_root):
         fit(odd_root, run, "--trainer.max_epochs", "1", "--data.init_args.num_workers", "1")
     assert logged(runs[0], "val/loss") == logged(runs[1], "val/loss")
     assert logged(runs[0], "val/acc") == logged(runs[1], "val/acc")
+
+
+def test_ddp_predict_and_embed_give_one_file_in_folder_order(ddp_run, odd_root, tmp_path):
+    """75 images on 2 processes: each image once, in folder order, with the features one process computes."""
+    checkpoint = ddp_run / "checkpoints" / "last.ckpt"
+    common = ["--ckpt_path", checkpoint, "--data.predict_root", odd_root, *CPU, "--data.batch_size", "4"]
+    ddp = ["--trainer.devices", "2", "--trainer.strategy", "ddp"]
+    vitkit("predict", *common, *ddp, "--trainer.default_root_dir", tmp_path)
+    with open(tmp_path / "predictions.csv") as f:
+        assert [r["path"] for r in csv.DictReader(f)] == sorted(str(p) for p in odd_root.glob("*/*"))
+    assert sorted(p.name for p in tmp_path.iterdir() if "part" in p.name) == []
+    vitkit("embed", *common, *ddp, "--output", tmp_path / "ddp")
+    vitkit("embed", *common, "--trainer.devices", "1", "--output", tmp_path / "single")
+    assert (tmp_path / "ddp.csv").read_text() == (tmp_path / "single.csv").read_text()
+    torch.testing.assert_close(
+        torch.from_numpy(np.load(tmp_path / "ddp.npy")), torch.from_numpy(np.load(tmp_path / "single.npy"))
+    )

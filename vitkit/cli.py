@@ -187,9 +187,19 @@ def main(args: list[str] | None = None) -> None:
             save_config_callback=ConfigToLoggers,
             save_config_kwargs={"overwrite": True},
         )
-    except VitkitError as err:
-        print(f"vitkit: error: {err}", file=sys.stderr)
+    except Exception as err:
+        cause = _vitkit_error_in(err)
+        if cause is None:
+            raise
+        print(f"vitkit: error: {cause}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def _vitkit_error_in(err: BaseException | None) -> VitkitError | None:
+    """The VitkitError that caused ``err`` (jsonargparse wraps errors raised while linking arguments)."""
+    while err is not None and not isinstance(err, VitkitError):
+        err = err.__cause__
+    return err
 
 
 if __name__ == "__main__":
