@@ -2,7 +2,10 @@
 
 1. `vitkit fit` with recipes/quickstart.yaml on demo_data/shapes (400 images), offline W&B logging; the val
    accuracy is recomputed from `vitkit predict`'s CSV with the best checkpoint.
-2. Transfer: a new dataset (demo_data/shapes_small: other images, lower resolution) with only 3 labelled images per
+2. The trained model at work: attention maps of one val image per class (`vitkit explain`, put side by side in
+   runs/demo/attention.png), an ONNX export (`vitkit export`) and the encoder's embeddings of the data (`vitkit
+   embed`).
+3. Transfer: a new dataset (demo_data/shapes_small: other images, lower resolution) with only 3 labelled images per
    class. The encoder of step 1 with a fresh head (a linear probe) against the same ViT trained from scratch, with
    the same data and budget (10 epochs).
 
@@ -12,6 +15,7 @@ Everything goes through the real `vitkit` command, as a user would run it.
 from __future__ import annotations
 
 import csv
+import json
 import os
 import shutil
 import subprocess
@@ -20,6 +24,7 @@ import time
 from pathlib import Path
 
 import torch
+from PIL import Image
 
 from vitkit.synthetic import make_shapes_folder
 
@@ -86,6 +91,7 @@ def main() -> int:
         print("demo FAILED: accuracy is not far above chance", file=sys.stderr)
         return 1
 
+    use_model(best, rows)
     transfer = fit_small("transfer", "--model.backbone.init_args.weights", str(best), "--model.finetune",
                          "vitkit.LinearProbe", "--model.optimizer.init_args.lr", "1e-2")  # fmt: skip
     scratch = fit_small("scratch")
@@ -93,6 +99,22 @@ def main() -> int:
     print(f"  pretrained encoder + fresh head (linear probe): val accuracy {transfer:.3f}")
     print(f"  trained from scratch:                           val accuracy {scratch:.3f}")
     return 0
+
+
+def use_model(checkpoint: Path, rows: list[dict[str, str]]) -> None:
+    """Attention maps of one val image per class, side by side; an ONNX export; the data's embeddings."""
+    examples = [next(r["path"] for r in rows if r["target"] == c) for c in sorted({r["target"] for r in rows})]
+    maps = RUN / "attention"
+    vitkit("explain", "--ckpt_path", str(checkpoint), "--images", json.dumps(examples), "--output", str(maps))
+    pictures = [Image.open(p) for p in sorted(maps.glob("*.png"))]
+    grid = Image.new("RGB", (sum(p.width for p in pictures) + 8 * (len(pictures) - 1), pictures[0].height), "white")
+    for i, picture in enumerate(pictures):
+        grid.paste(picture, (i * (picture.width + 8), 0))
+    grid.save(RUN / "attention.png")
+    print(f"attention maps: {maps.relative_to(ROOT)}/, side by side in {(RUN / 'attention.png').relative_to(ROOT)}")
+    vitkit("export", "--ckpt_path", str(checkpoint), "--format", "onnx", "--output", str(RUN / "model.onnx"))
+    vitkit("embed", "--ckpt_path", str(checkpoint), "--data.predict_root", str(DATA), "--output",
+           str(RUN / "embeddings"), "--trainer.enable_progress_bar", "false")  # fmt: skip
 
 
 def fit_small(name: str, *args: str) -> float:

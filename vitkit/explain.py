@@ -9,6 +9,7 @@ slower path, and the model's outputs stay bit-identical.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -164,16 +165,17 @@ def explain_images(
     alpha: float = 0.5,
     batch_size: int = 16,
     device: torch.device | str = "cpu",
-    root: Path | None = None,
 ) -> list[Path]:
-    """Write ``<output>/<image>.png`` for each image: the attention map over the image as the model sees it
-    (resized and cropped), captioned with the prediction. Return the written paths."""
+    """Write a PNG for each image into ``output``: the attention map over the image as the model sees it
+    (resized and cropped), captioned with the prediction. Files are named by the image's path below the images'
+    common folder (``a/b.jpg`` gives ``a__b.png``). Return the written paths."""
     from timm.data import create_transform
 
     config = model.data_config
     transform = create_transform(**config, is_training=False)
     mean = torch.tensor(config["mean"]).view(3, 1, 1)
     std = torch.tensor(config["std"]).view(3, 1, 1)
+    root = os.path.commonpath([p.absolute().parent for p in paths])
     model = model.eval().to(device)
     output.mkdir(parents=True, exist_ok=True)
     written = []
@@ -185,7 +187,7 @@ def explain_images(
         for path, image, heat, prediction in zip(chunk, images, maps.cpu(), predictions, strict=True):
             pixels = ((image * std + mean).clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
             picture = _captioned(overlay(pixels, heat.numpy(), alpha), model.task.describe(prediction, top_k=1))
-            name = path.relative_to(root) if root is not None and path.is_relative_to(root) else Path(path.name)
+            name = Path(os.path.relpath(path.absolute(), root))
             target = output / ("__".join(name.with_suffix("").parts) + ".png")
             picture.save(target)
             written.append(target)

@@ -103,10 +103,10 @@ class VitkitTrainer(L.Trainer):
         from vitkit.explain import explain_images
 
         load_weights(model, ckpt_path)
-        paths, root = _image_paths([images] if isinstance(images, str) else images)
+        paths = _image_paths([images] if isinstance(images, str) else images)
         folder = Path(output) if output else Path(self.default_root_dir) / "attention"
         device = self.strategy.root_device
-        written = explain_images(model, paths, folder, method, head_fusion, alpha, device=device, root=root)
+        written = explain_images(model, paths, folder, method, head_fusion, alpha, device=device)
         print(f"wrote {len(written)} attention maps ({method}) to {folder}")
         return written
 
@@ -129,19 +129,17 @@ def load_weights(model: L.LightningModule, ckpt_path: str) -> None:
         )
 
 
-def _image_paths(items: list[str]) -> tuple[list[Path], Path | None]:
-    """Image files named directly or found under folders; and the folder to name outputs by, if one was given."""
+def _image_paths(items: list[str]) -> list[Path]:
+    """Image files named directly or found under folders."""
     paths: list[Path] = []
-    root = None
     for item in items:
         path = Path(item).expanduser()
         if path.is_dir():
             paths += list_images(path)
-            root = path if len(items) == 1 else None
         elif path.is_file() and is_image_file(path):
             paths.append(path)
         else:
             raise DataError(f"not an image file or folder: {path}")
     if not paths:
         raise DataError(f"no images found in {', '.join(items)}.")
-    return paths, root
+    return paths
