@@ -103,19 +103,6 @@ def test_missing_weights_file_is_named(tmp_path):
         Backbone(**TINY_VIT, weights=tmp_path / "nope.pth")
 
 
-def test_pickled_code_in_a_pth_file_is_refused_and_never_runs(tmp_path):
-    marker = tmp_path / "pwned"
-
-    class Exploit:
-        def __reduce__(self):
-            return (open, (str(marker), "w"))
-
-    torch.save({"weight": Exploit()}, tmp_path / "evil.pth")
-    with pytest.raises(WeightsError, match="weights_only"):
-        Backbone(**TINY_VIT, weights=tmp_path / "evil.pth")
-    assert not marker.exists()
-
-
 def test_pretrained_and_weights_together_is_an_error(tmp_path):
     with pytest.raises(ValueError, match="either pretrained=True"):
         Backbone(**TINY_VIT, pretrained=True, weights=tmp_path / "w.pth")

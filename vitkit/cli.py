@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -19,8 +21,10 @@ from lightning.pytorch.callbacks import (
     RichProgressBar,
 )
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.plugins.io import CheckpointIO
 
 from vitkit.callbacks import ValidationReport, wandb_loggers_of
+from vitkit.checkpoints import AtomicCheckpointIO
 from vitkit.data.base import ImageDataModule
 from vitkit.errors import DataError, VitkitError, WeightsError
 from vitkit.module import TransferModule
@@ -142,7 +146,11 @@ class VitkitCLI(LightningCLI):
             callbacks.append(ValidationReport())
         if self.subcommand == "predict" and not has(BasePredictionWriter):
             callbacks.append(CSVPredictionWriter())
-        return super().instantiate_trainer(callbacks=callbacks, **kwargs)
+        plugins = trainer_config.get("plugins") or []
+        plugins = list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
+        if not any(isinstance(p, CheckpointIO) for p in plugins):
+            plugins.append(AtomicCheckpointIO())  # crash-safe writes, weights_only reads
+        return super().instantiate_trainer(callbacks=callbacks, plugins=plugins, **kwargs)
 
 
 def _checkpoint_hparams(argv: list[str]) -> dict[str, Any]:
@@ -170,14 +178,48 @@ class _NoAdverts(logging.Filter):
         return "litlogger" not in str(record.msg)
 
 
+#: Recipe sections that ``vitkit check-data`` accepts in a ``--config`` and ignores (it only needs ``data``).
+_NOT_DATA = ("model", "trainer", "checkpoint", "optimizer", "lr_scheduler", "seed_everything", "ckpt_path")
+
+
+def check_data_main(args: list[str]) -> int:
+    """``vitkit check-data``: scan a dataset as training would and print a per-class summary; exit 1 if any image
+    cannot be read."""
+    from jsonargparse import ActionConfigFile, ArgumentParser
+
+    from vitkit.data.check import check_data
+
+    parser = ArgumentParser(
+        prog="vitkit check-data",
+        description="Scan a dataset as `vitkit fit` would (folders or manifest rows, then every image decoded) and "
+        "print images per split and class, image sizes and modes, and every unreadable file with its reason. "
+        "Exits 1 if any image cannot be read. Examples: `vitkit check-data --data.root my_images`, "
+        "`vitkit check-data --config recipes/multilabel.yaml --data.init_args.csv labels.csv`.",
+    )
+    parser.add_argument("-c", "--config", action=ActionConfigFile, help="A recipe; only its data section is used.")
+    parser.add_subclass_arguments(ImageDataModule, "data", help="The data module (default: class folders).")
+    parser.set_defaults({"data": {"class_path": "vitkit.data.ClassFolderDataModule"}})
+    parser.add_argument("--workers", type=int | None, default=None, help="Decoding threads (default: all cores).")
+    for key in _NOT_DATA:
+        parser.add_argument(f"--{key}", type=dict | list | str | float | bool | None, help=argparse.SUPPRESS)
+    config = parser.parse_args(args)
+    data = parser.instantiate_classes(config).data
+    report = check_data(data, workers=config.workers)
+    print(report.format())
+    return 0 if report.ok else 1
+
+
 def main(args: list[str] | None = None) -> None:
     """Entry point of the ``vitkit`` console script."""
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_NoAdverts())
+    argv = list(sys.argv[1:] if args is None else args)
     # Lightning 2.6 on torch >= 2.10 warns about its own pytree use on every step; nothing a user can act on.
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
     # The CLI re-creates the checkpointing callbacks itself; Lightning's reminder to do so is noise here.
     warnings.filterwarnings("ignore", message=r"Be aware that when using `ckpt_path`, callbacks used to create")
     try:
+        if argv[:1] == ["check-data"]:
+            raise SystemExit(check_data_main(argv[1:]))
         VitkitCLI(
             TransferModule,
             ImageDataModule,
@@ -185,14 +227,30 @@ def main(args: list[str] | None = None) -> None:
             subclass_mode_data=True,
             args=args,
             save_config_callback=ConfigToLoggers,
+            parser_kwargs={
+                "epilog": "Also: `vitkit check-data --data.root DIR` scans a dataset before training "
+                "(images per class, sizes, unreadable files); see `vitkit check-data --help`."
+            },
             save_config_kwargs={"overwrite": True},
         )
     except Exception as err:
         cause = _vitkit_error_in(err)
-        if cause is None:
-            raise
-        print(f"vitkit: error: {cause}", file=sys.stderr)
-        raise SystemExit(2) from None
+        if cause is not None:
+            print(f"vitkit: error: {cause}", file=sys.stderr)
+            raise SystemExit(2) from None
+        if _WORKER_DIED.search(str(err)):
+            print(f"vitkit: error: a DataLoader worker process died: {err}\n{_WORKER_HINT}", file=sys.stderr)
+            raise SystemExit(1) from None
+        raise
+
+
+_WORKER_DIED = re.compile(r"DataLoader worker \(pid")
+_WORKER_HINT = (
+    "The usual cause is memory: the kernel kills the largest process when RAM (or /dev/shm, which workers use to "
+    "pass batches) runs out. Lower --data.init_args.num_workers or --data.init_args.batch_size, or give the machine "
+    "or container more memory (Docker: --shm-size). With --data.init_args.num_workers 0 images load in the main "
+    "process, where any error shows its full traceback."
+)
 
 
 def _vitkit_error_in(err: BaseException | None) -> VitkitError | None:

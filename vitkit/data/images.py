@@ -6,7 +6,7 @@ import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -74,19 +74,34 @@ def to_rgb(img: Image.Image, background: tuple[int, int, int] = (255, 255, 255))
     return img.convert("RGB")
 
 
-def find_unreadable(paths: Sequence[Path], workers: int = 1) -> dict[Path, str]:
-    """``{path: reason}`` for each file that :func:`load_image` cannot decode (decoding runs in threads)."""
+class ImageInfo(NamedTuple):
+    """Size, mode and format of an image file as stored (before conversion to RGB)."""
 
-    def check(path: Path) -> str | None:
+    width: int
+    height: int
+    mode: str
+    format: str
+
+
+def scan_images(paths: Sequence[Path], workers: int = 1) -> dict[Path, ImageInfo | str]:
+    """Decode every file as :func:`load_image` does (in threads): its :class:`ImageInfo`, or why it cannot be read."""
+
+    def check(path: Path) -> ImageInfo | str:
         try:
+            with Image.open(path) as img:
+                info = ImageInfo(img.width, img.height, img.mode, img.format or "?")
             load_image(path)
         except Exception as err:  # PIL raises many types: truncated, unidentified, empty, OSError
             return f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
-        return None
+        return info
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        reasons = list(pool.map(check, paths))
-    return {path: reason for path, reason in zip(paths, reasons, strict=True) if reason is not None}
+        return dict(zip(paths, pool.map(check, paths), strict=True))
+
+
+def find_unreadable(paths: Sequence[Path], workers: int = 1) -> dict[Path, str]:
+    """``{path: reason}`` for each file that :func:`load_image` cannot decode (decoding runs in threads)."""
+    return {path: result for path, result in scan_images(paths, workers).items() if isinstance(result, str)}
 
 
 class ImageDataset(Dataset):

@@ -1,0 +1,132 @@
+"""Checkpoints and weights: nothing in a file runs, a kill never corrupts the last good checkpoint, runs resume."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from tests.conftest import TINY_VIT
+from tests.helpers import REPO, TINY_ARGS, VITKIT, vitkit
+from vitkit import Backbone, ImageDataModule, TransferModule, WeightsError
+from vitkit.checkpoints import AtomicCheckpointIO
+from vitkit.cli import VitkitCLI
+from vitkit.trainer import VitkitTrainer
+
+
+class Exploit:
+    """Unpickling this calls ``open(marker, "w")``: a file appears if a loader runs pickled code."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_pickled_code_in_a_weights_file_is_refused_and_never_runs(tmp_path):
+    marker = tmp_path / "pwned"
+    torch.save({"weight": Exploit(marker)}, tmp_path / "evil.pth")
+    with pytest.raises(WeightsError, match="weights_only"):
+        Backbone(**TINY_VIT, weights=tmp_path / "evil.pth")
+    assert not marker.exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", ["predict", "export", "fit", "backbone-weights"])
+def test_a_checkpoint_with_pickled_code_is_refused_by_every_command(command, tmp_path, shapes_root):
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {}, "hyper_parameters": {"num_outputs": 4}, "extra": Exploit(marker)}, evil)
+    if command == "backbone-weights":
+        args = ["fit", "--config", "recipes/quickstart.yaml", *TINY_ARGS, "--data.init_args.root", shapes_root,
+                "--model.backbone.init_args.weights", evil, "--trainer.logger", "false"]  # fmt: skip
+    elif command == "fit":  # resuming
+        args = ["fit", "--config", "recipes/quickstart.yaml", *TINY_ARGS, "--data.init_args.root", shapes_root,
+                "--ckpt_path", evil, "--trainer.logger", "false"]  # fmt: skip
+    else:
+        args = [command, "--ckpt_path", evil, "--data.predict_root", shapes_root]
+    result = vitkit(*args, "--trainer.default_root_dir", tmp_path, check=False)
+    assert result.returncode == 2, result.stderr
+    assert "vitkit: error: cannot read" in result.stderr and "weights_only" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not marker.exists()
+
+
+SAVER = """
+import sys, torch
+from vitkit.checkpoints import AtomicCheckpointIO
+io = AtomicCheckpointIO()
+print("saving", flush=True)
+while True:
+    io.save_checkpoint({"state_dict": {"w": torch.full((40_000_000,), 7.0)}}, sys.argv[1])
+"""
+
+
+@pytest.mark.slow
+def test_killing_a_process_while_it_saves_never_leaves_a_broken_checkpoint(tmp_path):
+    path = tmp_path / "last.ckpt"
+    AtomicCheckpointIO().save_checkpoint({"state_dict": {"w": torch.ones(3)}}, path)
+    seen = set()
+    for delay in (0.2, 0.45, 0.7, 0.95, 1.2, 1.6):  # 160 MB per save: kills land inside writes
+        process = subprocess.Popen([sys.executable, "-c", SAVER, str(path)], cwd=REPO, stdout=subprocess.PIPE,
+                                   env={**os.environ, "PYTHONPATH": str(REPO)})  # fmt: skip
+        process.stdout.readline()
+        time.sleep(delay)
+        process.kill()
+        process.wait()
+        weights = AtomicCheckpointIO().load_checkpoint(path)["state_dict"]["w"]
+        assert weights.shape in ((3,), (40_000_000,)) and bool((weights == weights[0]).all())
+        seen.add(tuple(weights.shape))
+    assert (40_000_000,) in seen  # some saves completed: the kills did hit a writing process
+    assert [p.name for p in tmp_path.iterdir() if not p.name.startswith(".")] == ["last.ckpt"]
+
+
+def test_the_cli_trainer_writes_and_reads_checkpoints_with_the_atomic_io(shapes_root, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["vitkit"])
+    cli = VitkitCLI(TransferModule, ImageDataModule, trainer_class=VitkitTrainer, subclass_mode_data=True, run=False,
+                    args=["--config", "recipes/quickstart.yaml", *TINY_ARGS, "--data.init_args.root", str(shapes_root),
+                          "--trainer.logger", "false"])  # fmt: skip
+    assert isinstance(cli.trainer.strategy.checkpoint_io, AtomicCheckpointIO)
+
+
+@pytest.mark.slow
+def test_a_fit_killed_mid_epoch_resumes_from_last_and_finishes_the_planned_epochs(tmp_path, shapes_root):
+    starts = tmp_path / "epoch_starts.csv"
+    slow = {"class_path": "tests.reliability.faults.SlowSteps", "init_args": {"seconds": 0.4, "log": str(starts)}}
+    (tmp_path / "slow.yaml").write_text(yaml.safe_dump({"trainer": {"callbacks": [slow]}}))
+    args = ["fit", "--config", "recipes/quickstart.yaml", *TINY_ARGS, "--config", tmp_path / "slow.yaml",
+            "--data.init_args.root", shapes_root, "--trainer.max_epochs", "3", "--trainer.logger", "false",
+            "--trainer.default_root_dir", tmp_path, "--checkpoint.dirpath", tmp_path / "checkpoints"]  # fmt: skip
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "offline"}
+    process = subprocess.Popen([VITKIT, *map(str, args)], cwd=REPO, env=env, start_new_session=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not last.exists() and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    time.sleep(1.0)  # into the second epoch (5 steps of 0.4 s each)
+    assert process.poll() is None, f"the run ended (exit {process.returncode}) before it could be killed"
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    killed = torch.load(last, weights_only=True)
+    assert killed["epoch"] == 0, "the run was not killed during its second epoch"
+    steps_per_epoch = killed["global_step"]
+    assert starts.read_text().split() == ["0,0", f"1,{steps_per_epoch}"]
+
+    vitkit(*args, "--ckpt_path", "last")
+    # the resumed run started at the second epoch, with its step count, and did not repeat the first
+    assert starts.read_text().split()[2:] == [f"1,{steps_per_epoch}", f"2,{2 * steps_per_epoch}"]
+    resumed = torch.load(last, weights_only=True)
+    assert resumed["epoch"] == 2 and resumed["global_step"] == 3 * steps_per_epoch
+    # optimizer and LR schedule went on from where they were, not from scratch
+    adam_steps = {float(state["step"]) for state in resumed["optimizer_states"][0]["state"].values()}
+    assert adam_steps == {3.0 * steps_per_epoch}
+    assert resumed["lr_schedulers"][0]["last_epoch"] == 3 * steps_per_epoch

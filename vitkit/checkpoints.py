@@ -1,0 +1,49 @@
+"""Checkpoint files: written atomically, read without running code."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's torch checkpoint IO, made crash-safe and code-free.
+
+    - Saving writes a hidden temporary file in the checkpoint's own folder, flushes it to disk, then renames it over
+      the target: a crash or a kill at any moment leaves either the previous checkpoint or the new one, whole.
+      (Lightning's default writes the file in the system temp folder and moves it, which copies, and so can
+      truncate, the target when that folder is on another file system, as ``/tmp`` often is.)
+    - Loading always uses ``weights_only=True``: a checkpoint cannot run code, whoever made it.
+
+    Remote paths (``s3://``, ...) keep Lightning's fsspec writer.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:
+        if "://" in str(path):
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes no storage_options, got {storage_options!r}.")
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(handle, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(temporary, path)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
+        return None
+
+    def load_checkpoint(
+        self, path: str | Path, map_location: Callable | None = None, weights_only: bool | None = True
+    ) -> dict[str, Any]:
+        return super().load_checkpoint(path, map_location=map_location or (lambda s, _: s), weights_only=True)
