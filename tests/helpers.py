@@ -24,6 +24,7 @@ def vitkit(*args: object, check: bool = True, env: dict[str, str] | None = None)
     """Run ``vitkit *args`` from the repo root (W&B offline, tests importable); fail with its output if it fails."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "offline", **(env or {})}
     env.pop("WANDB_API_KEY", None)
+    env.pop("WANDB_SERVICE", None)  # set by W&B runs made inside the test process; children must not share it
     # Own process group: a hung run (and the DDP workers it launched) is killed whole instead of hanging the suite.
     command = [VITKIT, *map(str, args)]
     process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,

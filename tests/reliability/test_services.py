@@ -6,6 +6,7 @@ import os
 import time
 
 import pytest
+import wandb
 import yaml
 
 from tests.helpers import fit_quickstart
@@ -22,6 +23,8 @@ def no_wandb_login(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.setenv("NETRC", str(tmp_path / ".netrc"))
     (tmp_path / ".netrc").write_text("")
+    yield
+    wandb.teardown()  # stop the W&B service these in-process runs started
 
 
 def test_online_without_login_warns_and_logs_offline(tmp_path, no_wandb_login):
