@@ -11,6 +11,19 @@ from typing import Any
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from vitkit.errors import WeightsError
+
+
+def read_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
+    """Read a checkpoint on the CPU with ``weights_only=True``; a file that would run code is refused."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"checkpoint not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except Exception as err:  # pickle refusing to run code, truncated or non-torch files
+        raise WeightsError(f"cannot read checkpoint {path}: {err}") from err
+
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Lightning's torch checkpoint IO, made crash-safe and code-free.

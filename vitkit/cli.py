@@ -10,7 +10,6 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import torch
 import yaml
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import (
@@ -24,9 +23,9 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 from lightning.pytorch.plugins.io import CheckpointIO
 
 from vitkit.callbacks import ValidationReport, wandb_loggers_of
-from vitkit.checkpoints import AtomicCheckpointIO
+from vitkit.checkpoints import AtomicCheckpointIO, read_checkpoint
 from vitkit.data.base import ImageDataModule
-from vitkit.errors import DataError, VitkitError, WeightsError
+from vitkit.errors import DataError, VitkitError
 from vitkit.module import TransferModule
 from vitkit.trainer import VitkitTrainer
 from vitkit.writers import CSVPredictionWriter
@@ -163,10 +162,7 @@ def _checkpoint_hparams(argv: list[str]) -> dict[str, Any]:
             path = arg.split("=", 1)[1]
     if path is None or not Path(path).is_file():
         return {}
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as err:
-        raise WeightsError(f"cannot read checkpoint {path}: {err}") from err
+    checkpoint = read_checkpoint(path, mmap=True)
     hparams = dict(checkpoint.get("hyper_parameters") or {})
     return {k: v for k, v in hparams.items() if not k.startswith("_")}
 

@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Literal
 
 import lightning as L
-import torch
 from lightning.pytorch.utilities import rank_zero_info
 
+from vitkit.checkpoints import read_checkpoint
 from vitkit.data.images import is_image_file, list_images
 from vitkit.errors import DataError, WeightsError
 from vitkit.writers import EmbeddingWriter
@@ -114,12 +114,7 @@ class VitkitTrainer(L.Trainer):
 def load_weights(model: L.LightningModule, ckpt_path: str) -> None:
     """Load a vitkit checkpoint's weights into ``model`` (``weights_only``: no code in the file runs)."""
     path = Path(ckpt_path)
-    if not path.is_file():
-        raise WeightsError(f"checkpoint not found: {path}")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise WeightsError(f"cannot read checkpoint {path}: {err}") from err
+    checkpoint = read_checkpoint(path)
     model.on_load_checkpoint(checkpoint)
     missing, unexpected = model.load_state_dict(checkpoint.get("state_dict", {}), strict=False)
     if missing or unexpected:
