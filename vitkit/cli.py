@@ -99,10 +99,10 @@ class VitkitCLI(LightningCLI):
         """Link function: the data module's value, else (data without labels) the checkpoint's."""
 
         def value(from_data: Any) -> Any:
-            if from_data is not None or name == "label_stats":
-                return from_data if from_data is not None else self.checkpoint_hparams.get(name)
-            if name in self.checkpoint_hparams:
-                return self.checkpoint_hparams[name]
+            if from_data is not None:
+                return from_data
+            if name in self.checkpoint_hparams or name == "label_stats":  # label stats are optional
+                return self.checkpoint_hparams.get(name)
             raise DataError(
                 "the data has no labels to size the model's output from: train with labelled data "
                 "(--data.class_path vitkit.data.ClassFolderDataModule --data.init_args.root DIR), or give a trained "

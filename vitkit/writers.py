@@ -26,6 +26,13 @@ def _samples_of(trainer: L.Trainer, dataloader_idx: int) -> Sequence[Any] | None
     return getattr(getattr(loader, "dataset", None), "samples", None)
 
 
+def _path_and_target(samples: Sequence[Any] | None, index: int, task: Any) -> tuple[str, dict[str, str]]:
+    """A sample's path and the task's target columns (empty where the image has no label)."""
+    path, target = samples[index] if samples is not None else (index, None)
+    known = target is not None and not (isinstance(target, int) and target == UNLABELLED)
+    return str(path), task.describe_target(target if known else None)
+
+
 def _part(path: Path, rank: int, kind: str = "csv") -> Path:
     """A rank's part file beside ``path``."""
     suffix = ".npy" if kind in ("features", "index") else ""
@@ -77,10 +84,8 @@ class CSVPredictionWriter(BasePredictionWriter):
         task = pl_module.task
         prediction = prediction.float().cpu()
         for row, index in enumerate(batch_indices or range(len(prediction))):
-            path, target = samples[index] if samples is not None else (index, None)
-            known = target is not None and not (isinstance(target, int) and target == UNLABELLED)
-            line = {"path": str(path), **task.describe(prediction[row], self.top_k)}
-            line.update(task.describe_target(target if known else None))
+            path, target_columns = _path_and_target(samples, index, task)
+            line = {"path": path, **task.describe(prediction[row], self.top_k), **target_columns}
             if self._fields is None:
                 self._fields = list(line)
                 self._writer.writerow(["index", *self._fields])
@@ -176,9 +181,8 @@ class EmbeddingWriter(BasePredictionWriter):
         with stem.with_suffix(".csv").open("w", newline="") as f:
             writer = None
             for row, index in enumerate(indices[order].tolist()):
-                path, target = samples[index] if samples is not None else (index, None)
-                known = target is not None and not (isinstance(target, int) and target == UNLABELLED)
-                line = {"row": row, "path": str(path), **task.describe_target(target if known else None)}
+                path, target_columns = _path_and_target(samples, index, task)
+                line = {"row": row, "path": path, **target_columns}
                 if writer is None:
                     writer = csv.DictWriter(f, fieldnames=list(line))
                     writer.writeheader()

@@ -40,17 +40,32 @@ def list_images(folder: str | Path) -> list[Path]:
     return sorted(found)
 
 
+class ImageInfo(NamedTuple):
+    """Size, mode and format of an image file as stored (before conversion to RGB)."""
+
+    width: int
+    height: int
+    mode: str
+    format: str
+
+
 def load_image(path: str | Path, background: tuple[int, int, int] = (255, 255, 255)) -> Image.Image:
     """Decode ``path`` into an upright RGB image.
 
     EXIF orientation is applied, transparency is composited over ``background`` (not dropped), 16-bit and
     32-bit integer images are scaled to 8 bits rather than clipped, and palette / CMYK / grayscale become RGB.
     """
+    return _decode(path, background)[0]
+
+
+def _decode(path: str | Path, background: tuple[int, int, int] = (255, 255, 255)) -> tuple[Image.Image, ImageInfo]:
+    """:func:`load_image`, also returning what the file held before conversion."""
     with Image.open(path) as img:
+        info = ImageInfo(img.width, img.height, img.mode, img.format or "?")
         img.load()
         if img.getexif().get(_ORIENTATION, 1) != 1:  # exif_transpose copies even upright images: only when needed
             img = ImageOps.exif_transpose(img)
-        return to_rgb(img, background)
+        return to_rgb(img, background), info
 
 
 def to_rgb(img: Image.Image, background: tuple[int, int, int] = (255, 255, 255)) -> Image.Image:
@@ -74,26 +89,14 @@ def to_rgb(img: Image.Image, background: tuple[int, int, int] = (255, 255, 255))
     return img.convert("RGB")
 
 
-class ImageInfo(NamedTuple):
-    """Size, mode and format of an image file as stored (before conversion to RGB)."""
-
-    width: int
-    height: int
-    mode: str
-    format: str
-
-
 def scan_images(paths: Sequence[Path], workers: int = 1) -> dict[Path, ImageInfo | str]:
     """Decode every file as :func:`load_image` does (in threads): its :class:`ImageInfo`, or why it cannot be read."""
 
     def check(path: Path) -> ImageInfo | str:
         try:
-            with Image.open(path) as img:
-                info = ImageInfo(img.width, img.height, img.mode, img.format or "?")
-            load_image(path)
+            return _decode(path)[1]
         except Exception as err:  # PIL raises many types: truncated, unidentified, empty, OSError
             return f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
-        return info
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         return dict(zip(paths, pool.map(check, paths), strict=True))
