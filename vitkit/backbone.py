@@ -103,16 +103,50 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in obj.items()}
 
 
-def load_backbone_weights(model: nn.Module, path: str | Path) -> None:
-    """Load ``path`` into a timm ``model`` created with ``num_classes=0``; raise a listing of any mismatch."""
-    state = read_state_dict(path)
-    # timm's own per-architecture filter adapts layouts (e.g. resamples ViT position embeddings to img_size).
+def adapt_state_dict(state: dict[str, torch.Tensor], model: nn.Module, path: str | Path) -> dict[str, torch.Tensor]:
+    """Adapt another vitkit/timm model's encoder to ``model`` where timm can: image size (position embeddings
+    resampled), patch size (patch embedding resampled, FlexiViT-style), and the final norm when the pooling differs
+    (``norm`` before token pooling <-> ``fc_norm`` after average pooling: the same LayerNorm). One line per change."""
+    expected = model.state_dict()
+    changes = []
+    if "pos_embed" in state and "pos_embed" in expected and state["pos_embed"].shape != expected["pos_embed"].shape:
+        prefix = 0 if getattr(model, "no_embed_class", False) else getattr(model, "num_prefix_tokens", 0)
+        grids = [_grid(t.shape[1] - prefix) for t in (state["pos_embed"], expected["pos_embed"])]
+        changes.append(f"position embedding resampled from a {grids[0]} to a {grids[1]} patch grid (image size)")
+    key = "patch_embed.proj.weight"
+    if key in state and key in expected and state[key].shape[-2:] != expected[key].shape[-2:]:
+        sizes = ["x".join(map(str, t.shape[-2:])) for t in (state[key], expected[key])]
+        changes.append(f"patch embedding resampled from {sizes[0]} to {sizes[1]} pixel patches (patch size)")
+    # timm's own per-architecture filter does the resampling (and reads other layouts: DeiT, CLIP, ...).
     filter_fn = getattr(sys.modules.get(type(model).__module__), "checkpoint_filter_fn", None)
     if filter_fn is not None:
         try:
             state = filter_fn(state, model)
-        except Exception as err:  # an incompatible file; the key/shape listing below explains it better
+        except Exception as err:  # an incompatible file; the key/shape listing of the caller explains it better
             log.debug("timm checkpoint_filter_fn failed on %s: %s", path, err)
+            changes = []
+    for source, target in (("norm", "fc_norm"), ("fc_norm", "norm")):
+        moving = [k for k in state if k.startswith(f"{source}.") and k not in expected]
+        if moving and all(f"{target}.{k[len(source) + 1 :]}" in expected for k in moving):
+            for key in moving:
+                state[f"{target}.{key[len(source) + 1 :]}"] = state.pop(key)
+            changes.append(f"final norm '{source}' loaded as '{target}' (global_pool differs)")
+    if changes:
+        from lightning.pytorch.utilities import rank_zero_info
+
+        for change in changes:
+            rank_zero_info(f"vitkit: weights from {path}: {change}")
+    return state
+
+
+def _grid(tokens: int) -> str:
+    side = round(tokens**0.5)
+    return f"{side}x{side}" if side * side == tokens else f"{tokens}-token"
+
+
+def load_backbone_weights(model: nn.Module, path: str | Path) -> None:
+    """Load ``path`` into a timm ``model`` created with ``num_classes=0``; raise a listing of any mismatch."""
+    state = adapt_state_dict(read_state_dict(path), model, path)
     expected = model.state_dict()
     classifier = model.pretrained_cfg.get("classifier") or "head"
     classifiers = classifier if isinstance(classifier, (list, tuple)) else [classifier]

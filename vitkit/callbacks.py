@@ -1,4 +1,4 @@
-"""Callbacks vitkit adds to runs: a visual report of each validation epoch."""
+"""Callbacks vitkit adds to runs: a visual report of each validation epoch and of a test."""
 
 from __future__ import annotations
 
@@ -8,16 +8,27 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import RichProgressBar
 from PIL import Image, ImageDraw, ImageFont
 from torchmetrics.classification import MulticlassConfusionMatrix
 
 from vitkit.tasks import Classification
 
 
+class ProgressBar(RichProgressBar):
+    """Lightning's Rich progress bar without the logger's version (``v_num``: a W&B run id says nothing there)."""
+
+    def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
+        metrics = super().get_metrics(trainer, pl_module)
+        metrics.pop("v_num", None)
+        return metrics
+
+
 class ValidationReport(L.Callback):
-    """At the end of validation: a confusion-matrix image (classification) and a table of validation images with
-    their predictions and targets. Logged to Weights & Biases when a WandbLogger is attached, otherwise saved as
-    PNG files under ``<run folder>/validation/``.
+    """At the end of validation (and of ``vitkit test``): a confusion-matrix image (classification) and a table of
+    images with their predictions and targets. Logged to Weights & Biases when a WandbLogger is attached, otherwise
+    saved as PNG files: ``<run>/validation/*_epochNNN.png`` during fit, ``<run>/validate/*.png`` and
+    ``<run>/test/*.png`` for those commands.
 
     Args:
         num_samples: images in the table.
@@ -34,20 +45,32 @@ class ValidationReport(L.Callback):
         return not trainer.sanity_checking and trainer.current_epoch % self.every_n_epochs == 0
 
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start(trainer, pl_module)
+
+    def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start(trainer, pl_module)
+
+    def on_validation_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                                batch_idx: int, dataloader_idx: int = 0) -> None:  # fmt: skip
+        self._collect(trainer, pl_module, outputs, batch)
+
+    def on_test_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                          batch_idx: int, dataloader_idx: int = 0) -> None:  # fmt: skip
+        self._collect(trainer, pl_module, outputs, batch)
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._report(trainer, pl_module, "val")
+
+    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._report(trainer, pl_module, "test")
+
+    def _start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._samples = []
         self._confusion = None
         if self._active(trainer) and isinstance(pl_module.task, Classification):
             self._confusion = MulticlassConfusionMatrix(pl_module.num_outputs).to(pl_module.device)
 
-    def on_validation_batch_end(
-        self,
-        trainer: L.Trainer,
-        pl_module: L.LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int = 0,
-    ) -> None:
+    def _collect(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any) -> None:
         if not self._active(trainer) or not isinstance(outputs, dict):
             return
         if self._confusion is not None and outputs["targets"].ndim == 1:
@@ -61,33 +84,34 @@ class ValidationReport(L.Callback):
             ):
                 self._samples.append((image, prediction, target))
 
-    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def _report(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if not self._active(trainer):
             return
-        # Both of these are collective calls: every process makes them, before only rank 0 goes on.
+        # A collective call: every process makes it, before only rank 0 goes on.
         matrix = self._confusion.compute().cpu() if self._confusion is not None else None
-        folder = Path(trainer.log_dir or trainer.default_root_dir) / "validation"
         if not trainer.is_global_zero:
             return
         task, names = pl_module.task, pl_module.task.names
         images = [to_pil(img, pl_module.data_config) for img, _, _ in self._samples]
         rows = [(_caption(task.describe(p)), _caption(task.describe_target(t))) for _, p, t in self._samples]
-        epoch = trainer.current_epoch
         wandb_loggers = wandb_loggers_of(trainer)
         if wandb_loggers:
             import wandb
 
             for logger in wandb_loggers:
                 if matrix is not None:
-                    logger.log_image("val/confusion_matrix", [render_confusion_matrix(matrix, names)], step=None)
+                    logger.log_image(f"{stage}/confusion_matrix", [render_confusion_matrix(matrix, names)], step=None)
                 data = [[wandb.Image(img), pred, target] for img, (pred, target) in zip(images, rows, strict=True)]
-                logger.log_table("val/samples", columns=["image", "prediction", "target"], data=data)
+                logger.log_table(f"{stage}/samples", columns=["image", "prediction", "target"], data=data)
             return
+        fitting = trainer.state.fn == "fit"
+        folder = Path(trainer.default_root_dir) / ("validation" if fitting else "")
+        suffix = f"_epoch{trainer.current_epoch:03d}" if fitting else ""
         folder.mkdir(parents=True, exist_ok=True)
         if matrix is not None:
-            render_confusion_matrix(matrix, names).save(folder / f"confusion_matrix_epoch{epoch:03d}.png")
+            render_confusion_matrix(matrix, names).save(folder / f"confusion_matrix{suffix}.png")
         if images:
-            render_samples(images, rows).save(folder / f"samples_epoch{epoch:03d}.png")
+            render_samples(images, rows).save(folder / f"samples{suffix}.png")
 
 
 def wandb_loggers_of(trainer: L.Trainer) -> list[Any]:

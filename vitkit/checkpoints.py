@@ -1,4 +1,4 @@
-"""Checkpoint files: written atomically, read without running code."""
+"""Checkpoint files: written atomically, read without running code, carrying what rebuilds the run."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
@@ -50,6 +51,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 torch.save(checkpoint, f)
                 f.flush()
                 os.fsync(f.fileno())
+            os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes it private (0600); a checkpoint is not
             os.replace(temporary, path)
         except BaseException:
             Path(temporary).unlink(missing_ok=True)
@@ -60,3 +62,43 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         self, path: str | Path, map_location: Callable | None = None, weights_only: bool | None = True
     ) -> dict[str, Any]:
         return super().load_checkpoint(path, map_location=map_location or (lambda s, _: s), weights_only=True)
+
+
+def _umask() -> int:
+    """The process's umask (reading it means setting it; set straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+class RunInfo(L.Callback):
+    """Adds ``checkpoint["vitkit"]``: what evaluating or resuming needs besides the model's own config.
+
+    - ``data``: the data module's config (``class_path`` and ``init_args``, paths as given), so ``vitkit validate
+      --ckpt_path C`` evaluates on the data it was trained on;
+    - ``data_config``: the timm data config the transforms used (input size, mean/std, interpolation, crop);
+    - ``wandb_id``: the W&B run, which ``--ckpt_path`` resuming continues.
+    """
+
+    def __init__(self, data: dict[str, Any] | None = None) -> None:
+        self.data = data
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        from vitkit.callbacks import wandb_loggers_of
+
+        data_config = getattr(trainer.datamodule, "resolved_data_config", None)
+        wandb = [logger.version for logger in wandb_loggers_of(trainer)]
+        checkpoint["vitkit"] = {
+            "data": self.data,
+            "data_config": _plain(data_config()) if data_config is not None else None,
+            "wandb_id": wandb[0] if wandb else None,
+        }
+
+
+def _plain(value: Any) -> Any:
+    """Tuples to lists, so the checkpoint holds YAML-like data only."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import logging
 import re
 import sys
@@ -17,23 +16,36 @@ from lightning.pytorch.callbacks import (
     LearningRateMonitor,
     ModelCheckpoint,
     ProgressBar,
-    RichProgressBar,
 )
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.plugins.io import CheckpointIO
 
+from vitkit import recipes
+from vitkit.callbacks import ProgressBar as VitkitProgressBar
 from vitkit.callbacks import ValidationReport, wandb_loggers_of
-from vitkit.checkpoints import AtomicCheckpointIO, read_checkpoint
+from vitkit.checkpoints import AtomicCheckpointIO, RunInfo, read_checkpoint
 from vitkit.data.base import ImageDataModule
 from vitkit.errors import DataError, VitkitError
+from vitkit.loggers import configure_loggers
 from vitkit.module import TransferModule
+from vitkit.runs import find_checkpoint, new_run_dir, run_dir_of
 from vitkit.trainer import VitkitTrainer
 from vitkit.writers import CSVPredictionWriter
 
+#: Where runs go when neither the recipe nor the command line sets ``--trainer.default_root_dir``.
+DEFAULT_ROOT = "runs"
+#: Commands that only use a trained model: nothing to log.
+_USE_MODEL = ("predict", "embed", "export", "explain")
+_LINKED = ("num_outputs", "class_names", "label_stats")
+
 
 class ConfigToLoggers(SaveConfigCallback):
-    """Lightning's config.yaml next to the logs, plus the full resolved config in every logger's hyperparameters;
-    a W&B run also keeps the YAML file among its files."""
+    """The run's full resolved ``config.yaml`` in its folder (``fit``; ``validate``/``test`` in theirs), also in
+    every logger's hyperparameters; a W&B run keeps the YAML file among its files."""
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if stage != "predict":  # predict, embed: outputs only, next to the checkpoint
+            super().setup(trainer, pl_module, stage)
 
     def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         text = self.parser.dump(self.config, skip_none=False)
@@ -48,21 +60,36 @@ class ConfigToLoggers(SaveConfigCallback):
 
 
 class VitkitCLI(LightningCLI):
-    """LightningCLI with vitkit's links and defaults.
+    """LightningCLI with vitkit's run folders, links and defaults.
 
+    - Recipes are named or given as files: ``--config quickstart`` is the shipped recipe (``vitkit recipes``).
+    - ``fit`` writes everything of a run into one folder, ``<default_root_dir>/version_N`` (:mod:`vitkit.runs`),
+      whatever logger the recipe has; ``--ckpt_path last`` (or ``best``) finds the latest run's checkpoint and
+      ``fit`` resumes it in its own folder (and W&B run).
     - ``data.num_outputs``, ``data.class_names`` and ``data.label_stats`` are linked into the model: recipes never
-      state them.
-    - ``checkpoint``: a ModelCheckpoint keeping the best epoch on ``checkpoint.monitor``; ``fit`` also
-      rewrites ``last.ckpt`` at every epoch end, for ``--ckpt_path last``.
-    - LearningRateMonitor (when a logger is on), a Rich progress bar, a ValidationReport (``fit``, ``validate``)
-      and a CSV writer (``predict``) are added unless the recipe already has callbacks of those kinds.
-    - The full resolved config is saved next to the logs and sent to the loggers (W&B run config and files).
-    - With ``--ckpt_path``, the model config comes from the checkpoint and no pretrained weights are re-loaded.
+      state them. Given ``--ckpt_path``, the checkpoint's model and data configs are the defaults, so
+      ``vitkit validate --ckpt_path C`` needs nothing else; ``--data.root`` / ``--data.csv`` re-point the data.
+    - ``checkpoint``: a ModelCheckpoint keeping the best epoch on ``checkpoint.monitor``; ``fit`` also rewrites
+      ``last.ckpt`` at every epoch end.
+    - LearningRateMonitor (when logging), a Rich progress bar, a ValidationReport (fit, validate, test) and a CSV
+      writer (predict) are added unless the recipe already has callbacks of those kinds.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        argv = kwargs.get("args")
-        self.checkpoint_hparams = _checkpoint_hparams(argv if isinstance(argv, list) else sys.argv[1:])
+        given = kwargs.get("args")
+        argv = resolve_argv(list(given) if isinstance(given, list) else sys.argv[1:])
+        if isinstance(given, list):
+            kwargs["args"] = argv
+        elif given is None:
+            sys.argv[1:] = argv  # DDP processes that Lightning launches re-run sys.argv: the same files for all
+        self.argv = argv
+        self.ckpt_path = _value_of(argv, "--ckpt_path")
+        checkpoint = read_checkpoint(self.ckpt_path, mmap=True) if self.ckpt_path else {}
+        hparams = dict(checkpoint.get("hyper_parameters") or {})
+        self.checkpoint_hparams = {k: v for k, v in hparams.items() if not k.startswith("_")}
+        self.checkpoint_info: dict[str, Any] = dict(checkpoint.get("vitkit") or {})
+        self.run_dir: Path | None = None
+        kwargs.setdefault("trainer_defaults", {}).setdefault("default_root_dir", DEFAULT_ROOT)
         super().__init__(*args, **kwargs)
 
     @staticmethod
@@ -76,8 +103,8 @@ class VitkitCLI(LightningCLI):
         }
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        for name in ("num_outputs", "class_names", "label_stats"):
-            parser.link_arguments(f"data.{name}", f"model.{name}", self._from_data_or_checkpoint(name), "instantiate")
+        for name in _LINKED:
+            parser.link_arguments(f"data.{name}", f"model.{name}", self._linked_value(name), "instantiate")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults(
             {
@@ -88,21 +115,20 @@ class VitkitCLI(LightningCLI):
                 "checkpoint.auto_insert_metric_name": False,
             }
         )
-        if self.checkpoint_hparams:  # `--ckpt_path` given: the checkpoint's model config is the default
-            # Linked from the data; class names are checked against the checkpoint, label stats restored from it.
-            skip = {"num_outputs", "class_names", "label_stats"}
-            parser.set_defaults({f"model.{k}": v for k, v in self.checkpoint_hparams.items() if k not in skip})
-            # Unless a recipe or --data says otherwise, the data is just the images to predict on (predict_root).
-            parser.set_defaults({"data": {"class_path": "vitkit.data.ImageDataModule"}})
+        if self.checkpoint_hparams:  # `--ckpt_path` given: the checkpoint's model and data configs are the defaults
+            parser.set_defaults({f"model.{k}": v for k, v in self.checkpoint_hparams.items() if k not in _LINKED})
+            # The data it was trained on (re-pointed by --data.root / --data.csv); else just images to predict on.
+            data = self.checkpoint_info.get("data") or {"class_path": "vitkit.data.ImageDataModule"}
+            parser.set_defaults({"data": data})
 
-    def _from_data_or_checkpoint(self, name: str) -> Any:
-        """Link function: the data module's value, else (data without labels) the checkpoint's."""
+    def _linked_value(self, name: str) -> Any:
+        """Link function: a trained model's own outputs (the checkpoint's), else the data module's."""
 
         def value(from_data: Any) -> Any:
-            if from_data is not None:
+            if name in self.checkpoint_hparams:
+                return self.checkpoint_hparams[name]  # the data's must match: TransferModule.setup checks
+            if from_data is not None or name == "label_stats":  # label stats are optional
                 return from_data
-            if name in self.checkpoint_hparams or name == "label_stats":  # label stats are optional
-                return self.checkpoint_hparams.get(name)
             raise DataError(
                 "the data has no labels to size the model's output from: train with labelled data "
                 "(--data.class_path vitkit.data.ClassFolderDataModule --data.init_args.root DIR), or give a trained "
@@ -113,22 +139,54 @@ class VitkitCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
-        if self.subcommand in ("predict", "embed", "export", "explain") and config.get("trainer.logger") is None:
-            config["trainer.logger"] = False  # nothing to log: no lightning_logs/ folder unless a recipe asks
         if config.get("ckpt_path") and config.get("model.backbone.init_args") is not None:
             # The checkpoint holds the backbone's weights; fetching hub weights or the old file again is waste.
             config["model.backbone.init_args.pretrained"] = False
             config["model.backbone.init_args.weights"] = None
+        if self.subcommand is None:
+            return
+        root = Path(config["trainer.default_root_dir"] or DEFAULT_ROOT).expanduser()
+        if self.subcommand == "fit":
+            resumed = self.ckpt_path is not None and run_dir_of(self.ckpt_path).joinpath("checkpoints").is_dir()
+            self.run_dir = run_dir_of(self.ckpt_path) if resumed else new_run_dir(root)
+            output = self.run_dir
+            if config.get("checkpoint.dirpath") is None:
+                config["checkpoint.dirpath"] = str(self.run_dir / "checkpoints")
+            wandb_id = self.checkpoint_info.get("wandb_id") if resumed else None
+            _say(f"run folder: {self.run_dir}" + (f" (resuming {self.ckpt_path})" if resumed else ""))
+        else:
+            explicit = _value_of(self.argv, "--trainer.default_root_dir") is not None
+            home = run_dir_of(self.ckpt_path) if self.ckpt_path and not explicit else root
+            self.run_dir = home
+            output = home / self.subcommand if self.subcommand in ("validate", "test") else home
+            if self.subcommand in ("validate", "test") and config.get("output"):
+                output = Path(config["output"])
+            wandb_id = None
+        config["trainer.default_root_dir"] = str(output)
+        if self.subcommand in _USE_MODEL:
+            config["trainer.logger"] = False
+        else:
+            config["trainer.logger"] = configure_loggers(config.get("trainer.logger"), output, wandb_id,
+                                                         default_on=self.subcommand == "fit")  # fmt: skip
+
+    def after_instantiate_classes(self) -> None:
+        if self.subcommand == "test":
+            self.datamodule.require_split("test")  # one line, before any weights or images are loaded
+        if self.subcommand is not None and isinstance(self.model, TransferModule):
+            # The model's own config (class_path/init_args), so its checkpoints rebuild it: see TransferModule.
+            model_config = yaml.safe_load(self.parser.dump(self.config, skip_none=False))[self.subcommand]["model"]
+            self.model.hparams.update({k: v for k, v in model_config.items() if k not in _LINKED})
+        super().after_instantiate_classes()
 
     def instantiate_trainer(self, **kwargs: Any) -> Any:
         key = f"{self.subcommand}.trainer" if self.subcommand else "trainer"
         trainer_config = self.config_init.get(key) or {}
         callbacks = list(trainer_config.get("callbacks") or [])
         has = lambda kind: any(isinstance(c, kind) for c in callbacks)  # noqa: E731
-        if trainer_config.get("logger") is not False and not has(LearningRateMonitor):
+        if trainer_config.get("logger") not in (False, None) and not has(LearningRateMonitor):
             callbacks.append(LearningRateMonitor(logging_interval="step"))
         if trainer_config.get("enable_progress_bar", True) is not False and not has(ProgressBar):
-            callbacks.append(RichProgressBar())
+            callbacks.append(VitkitProgressBar())
         if self.subcommand == "fit":
             # Lightning's save_last only refreshes last.ckpt when a new best is saved; resuming needs every epoch.
             best = self.config_init[self.subcommand].get("checkpoint")
@@ -141,7 +199,9 @@ class VitkitCLI(LightningCLI):
                     enable_version_counter=False,
                 )
             )
-        if self.subcommand in ("fit", "validate") and not has(ValidationReport):
+            data = yaml.safe_load(self.parser.dump(self.config, skip_none=False))[self.subcommand].get("data")
+            callbacks.append(RunInfo(data=data))
+        if self.subcommand in ("fit", "validate", "test") and not has(ValidationReport):
             callbacks.append(ValidationReport())
         if self.subcommand == "predict" and not has(BasePredictionWriter):
             callbacks.append(CSVPredictionWriter())
@@ -152,70 +212,79 @@ class VitkitCLI(LightningCLI):
         return super().instantiate_trainer(callbacks=callbacks, plugins=plugins, **kwargs)
 
 
-def _checkpoint_hparams(argv: list[str]) -> dict[str, Any]:
-    """Model hyperparameters of the checkpoint named by ``--ckpt_path`` in ``argv`` (empty if none or not a file)."""
-    path = None
+def resolve_argv(argv: list[str]) -> list[str]:
+    """Named recipes to their files, and ``--ckpt_path last|best`` to the latest run's checkpoint."""
+    argv = recipes.resolve_config_args(argv)
+    which = _value_of(argv, "--ckpt_path")
+    if which in ("last", "best"):
+        root = _value_of(argv, "--trainer.default_root_dir") or _from_configs(argv, "trainer", "default_root_dir")
+        found = str(find_checkpoint(Path(root or DEFAULT_ROOT).expanduser(), which))
+        argv = [found if a == which and i and argv[i - 1] == "--ckpt_path" else a for i, a in enumerate(argv)]
+        argv = [f"--ckpt_path={found}" if a == f"--ckpt_path={which}" else a for a in argv]
+    return argv
+
+
+def _value_of(argv: list[str], flag: str) -> str | None:
+    """The last value given for ``flag`` (``--flag value`` or ``--flag=value``)."""
+    value = None
     for i, arg in enumerate(argv):
-        if arg == "--ckpt_path" and i + 1 < len(argv):
-            path = argv[i + 1]
-        elif arg.startswith("--ckpt_path="):
-            path = arg.split("=", 1)[1]
-    if path is None or not Path(path).is_file():
-        return {}
-    checkpoint = read_checkpoint(path, mmap=True)
-    hparams = dict(checkpoint.get("hyper_parameters") or {})
-    return {k: v for k, v in hparams.items() if not k.startswith("_")}
+        if arg == flag and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif arg.startswith(flag + "="):
+            value = arg.split("=", 1)[1]
+    return value
 
 
-class _NoAdverts(logging.Filter):
-    """Lightning prints a tip to install its paid logger on every run without it."""
+def _from_configs(argv: list[str], section: str, key: str) -> str | None:
+    """``section.key`` from the ``--config`` files in ``argv`` (the last that sets it)."""
+    value = None
+    for i, arg in enumerate(argv):
+        path = argv[i + 1] if arg in ("-c", "--config") and i + 1 < len(argv) else None
+        if path and Path(path).is_file():
+            config = yaml.safe_load(Path(path).read_text()) or {}
+            value = (config.get(section) or {}).get(key, value)
+    return value
+
+
+def _say(message: str) -> None:
+    """A line for the user from the first process only."""
+    from lightning.pytorch.utilities import rank_zero_info
+
+    from vitkit.runs import is_launched_process
+
+    if not is_launched_process():
+        rank_zero_info(f"vitkit: {message}")
+
+
+class _Quiet(logging.Filter):
+    """Lightning's advert for its paid logger on every run, and the seed line of commands that train nothing."""
+
+    def __init__(self, seed_too: bool) -> None:
+        super().__init__()
+        self.seed_too = seed_too
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return "litlogger" not in str(record.msg)
-
-
-#: Recipe sections that ``vitkit check-data`` accepts in a ``--config`` and ignores (it only needs ``data``).
-_NOT_DATA = ("model", "trainer", "checkpoint", "optimizer", "lr_scheduler", "seed_everything", "ckpt_path")
-
-
-def check_data_main(args: list[str]) -> int:
-    """``vitkit check-data``: scan a dataset as training would and print a per-class summary; exit 1 if any image
-    cannot be read."""
-    from jsonargparse import ActionConfigFile, ArgumentParser
-
-    from vitkit.data.check import check_data
-
-    parser = ArgumentParser(
-        prog="vitkit check-data",
-        description="Scan a dataset as `vitkit fit` would (folders or manifest rows, then every image decoded) and "
-        "print images per split and class, image sizes and modes, and every unreadable file with its reason. "
-        "Exits 1 if any image cannot be read. Examples: `vitkit check-data --data.root my_images`, "
-        "`vitkit check-data --config recipes/multilabel.yaml --data.init_args.csv labels.csv`.",
-    )
-    parser.add_argument("-c", "--config", action=ActionConfigFile, help="A recipe; only its data section is used.")
-    parser.add_subclass_arguments(ImageDataModule, "data", help="The data module (default: class folders).")
-    parser.set_defaults({"data": {"class_path": "vitkit.data.ClassFolderDataModule"}})
-    parser.add_argument("--workers", type=int | None, default=None, help="Decoding threads (default: all cores).")
-    for key in _NOT_DATA:
-        parser.add_argument(f"--{key}", type=dict | list | str | float | bool | None, help=argparse.SUPPRESS)
-    config = parser.parse_args(args)
-    data = parser.instantiate_classes(config).data
-    report = check_data(data, workers=config.workers)
-    print(report.format())
-    return 0 if report.ok else 1
+        text = str(record.msg)
+        return "litlogger" not in text and not (self.seed_too and text.startswith("Seed set to"))
 
 
 def main(args: list[str] | None = None) -> None:
     """Entry point of the ``vitkit`` console script."""
-    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_NoAdverts())
     argv = list(sys.argv[1:] if args is None else args)
+    quiet = _Quiet(seed_too=argv[:1] != ["fit"])
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(quiet)
+    logging.getLogger("lightning.fabric.utilities.seed").addFilter(quiet)
     # Lightning 2.6 on torch >= 2.10 warns about its own pytree use on every step; nothing a user can act on.
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
     # The CLI re-creates the checkpointing callbacks itself; Lightning's reminder to do so is noise here.
     warnings.filterwarnings("ignore", message=r"Be aware that when using `ckpt_path`, callbacks used to create")
     try:
         if argv[:1] == ["check-data"]:
+            from vitkit.data.check import check_data_main
+
             raise SystemExit(check_data_main(argv[1:]))
+        if argv[:1] == ["recipes"]:
+            raise SystemExit(recipes.recipes_main(argv[1:]))
         VitkitCLI(
             TransferModule,
             ImageDataModule,
@@ -223,9 +292,10 @@ def main(args: list[str] | None = None) -> None:
             subclass_mode_data=True,
             args=args,
             save_config_callback=ConfigToLoggers,
+            seed_everything_default=0,
             parser_kwargs={
-                "epilog": "Also: `vitkit check-data --data.root DIR` scans a dataset before training "
-                "(images per class, sizes, unreadable files); see `vitkit check-data --help`."
+                "epilog": "Also: `vitkit recipes` lists the shipped recipes; `vitkit check-data --data.root DIR` "
+                "scans a dataset before training (images per class, sizes, unreadable files)."
             },
             save_config_kwargs={"overwrite": True},
         )

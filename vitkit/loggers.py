@@ -1,13 +1,17 @@
-"""Weights & Biases logging that never stops a training run."""
+"""Loggers: Weights & Biases logging that never stops a training run, and every logger's files in the run folder."""
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import netrc
 import os
 import socket
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from jsonargparse import Namespace
 from lightning.pytorch.loggers import WandbLogger as _LightningWandbLogger
 from lightning.pytorch.utilities import rank_zero_warn
 
@@ -38,6 +42,9 @@ class WandbLogger(_LightningWandbLogger):
                 )
                 kwargs["mode"] = "offline"
         super().__init__(*args, **kwargs)
+        # Lightning always passes `anonymous` to wandb.init, which then warns that the setting has no effect.
+        if self._wandb_init.get("anonymous") is None:
+            self._wandb_init.pop("anonymous", None)
 
 
 def _online_blocker(timeout: float) -> str | None:
@@ -58,3 +65,42 @@ def _online_blocker(timeout: float) -> str | None:
     except OSError as err:
         return f"cannot reach {host} ({err})"
     return None
+
+
+def configure_loggers(config: Any, folder: Path, wandb_id: str | None = None, default_on: bool = True) -> Any:
+    """A recipe's ``trainer.logger`` config with every logger's files put in ``folder`` (the run folder).
+
+    W&B keeps its ``wandb/`` folder there (and continues run ``wandb_id`` when resuming); CSV and TensorBoard loggers
+    write straight into ``folder`` (no ``lightning_logs/version_N`` inside a run's own version folder); other
+    loggers get ``save_dir`` where they take one. Lightning's default logger (``None`` or ``True``) becomes a
+    CSVLogger in ``folder`` when ``default_on``, else no logger.
+    """
+    if config is None or config is True:
+        if not default_on and config is None:
+            return False
+        config = Namespace(class_path="lightning.pytorch.loggers.CSVLogger", init_args=Namespace())
+    if config is False:
+        return False
+    for item in config if isinstance(config, list) else [config]:
+        if isinstance(item, Namespace) and item.get("class_path"):
+            _point_at(item, folder, wandb_id)
+    return config
+
+
+def _point_at(item: Namespace, folder: Path, wandb_id: str | None) -> None:
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+    from lightning.pytorch.loggers import WandbLogger as LightningWandb
+
+    module, _, name = item.class_path.rpartition(".")
+    cls = getattr(importlib.import_module(module), name)
+    if item.get("init_args") is None:
+        item.init_args = Namespace()
+    args = item.init_args
+    if issubclass(cls, LightningWandb):
+        args.save_dir = str(folder)
+        if wandb_id:
+            args.id = wandb_id  # Lightning's W&B logger passes resume="allow": the same run continues
+    elif issubclass(cls, (CSVLogger, TensorBoardLogger)):
+        args.save_dir, args.name, args.version = str(folder), "", ""
+    elif "save_dir" in inspect.signature(cls).parameters:
+        args.save_dir = str(folder)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import inspect
-import warnings
 from collections.abc import Callable, Iterable
 from typing import Any, Literal
 
@@ -67,9 +66,11 @@ class TransferModule(L.LightningModule):
         super().__init__()
         if class_names is not None and len(class_names) != num_outputs:
             raise ValueError(f"TransferModule: {len(class_names)} class_names for num_outputs={num_outputs}.")
-        with warnings.catch_warnings():  # modules passed from Python are dropped from checkpoints' hparams below
-            warnings.filterwarnings("ignore", message=r"Attribute '\w+' is an instance of `nn.Module`")
-            self.save_hyperparameters()
+        # Live objects (modules, functions) are not hyperparameters: loggers would serialise a whole ViT, and Lightning
+        # would keep a deep copy of it. The CLI adds their class_path/init_args config instead (VitkitCLI).
+        given = {"backbone": backbone, "head": head, "task": task, "finetune": finetune,
+                 "batch_augment": batch_augment, "optimizer": optimizer, "lr_scheduler": lr_scheduler}  # fmt: skip
+        self.save_hyperparameters(ignore=[name for name, value in given.items() if not _is_plain(value)])
         self.backbone = backbone
         self.head = head(backbone.num_features, num_outputs)
         self.task = task if task is not None else Classification()
@@ -115,7 +116,11 @@ class TransferModule(L.LightningModule):
         updated = any(m.update_called for m in metrics.values())  # not with soft (mixup) targets
         values = {k: v for k, v in metrics.compute().items() if v.numel() == 1} if updated else {}
         values["train/loss_epoch" if stage == "train" else f"{stage}/loss"] = loss.compute()
-        self.log_dict(values, prog_bar=stage == "val")
+        # The loss and the task's headline metric on the progress bar; the rest (F1, per-label AUROC, per-target MAE)
+        # go to the logger only, so the bar stays one readable line.
+        shown = {f"{stage}/loss", *(f"{stage}/{name}" for name in self.task.headline)} if stage == "val" else set()
+        self.log_dict({k: v for k, v in values.items() if k in shown}, prog_bar=True)
+        self.log_dict({k: v for k, v in values.items() if k not in shown})
         metrics.reset()
         loss.reset()
 
@@ -160,6 +165,14 @@ class TransferModule(L.LightningModule):
         return self.task.predict(self(images))
 
     def setup(self, stage: str) -> None:
+        data = self.trainer.datamodule if stage in ("fit", "validate", "test") else None
+        names = getattr(data, "class_names", None)
+        if names is not None and self.class_names is not None and list(names) != self.class_names:
+            raise DataError(
+                f"the data's classes {list(names)} differ from the model's {self.class_names}. Use data with the same "
+                "classes (folders, labels or target columns), or start a new model from this one's encoder with "
+                "--model.backbone.init_args.weights CHECKPOINT."
+            )
         # here, not configure_model: Lightning's EMA callback warns about sharding for models that override that
         if self.compile and not getattr(self.backbone.model, "_compiled_call_impl", None):
             self.backbone.model.compile()

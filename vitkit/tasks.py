@@ -31,6 +31,9 @@ class Task(nn.Module):
     The model calls :meth:`bind` once with the output size, output names and training statistics.
     """
 
+    #: Metrics shown on the progress bar (besides the loss); all metrics go to the loggers.
+    headline: tuple[str, ...] = ()
+
     def bind(self, num_outputs: int, names: list[str] | None = None, label_stats: LabelStats | None = None) -> None:
         """Learn the output size, names (class or target names) and training-target statistics."""
         self.num_outputs = num_outputs
@@ -72,6 +75,8 @@ class Classification(Task):
     Args:
         label_smoothing: cross-entropy label smoothing in [0, 1).
     """
+
+    headline = ("acc",)
 
     def __init__(self, label_smoothing: float = 0.0) -> None:
         super().__init__()
@@ -127,6 +132,8 @@ class MultiLabel(Task):
         pos_weight: weight positives by ``negatives / positives`` of each label in the training data, to balance
             rare labels (needs the data module's ``label_stats``).
     """
+
+    headline = ("map",)
 
     def __init__(self, threshold: float = 0.5, pos_weight: bool = False) -> None:
         super().__init__()
@@ -195,6 +202,8 @@ class Regression(Task):
         huber_delta: the Huber loss's delta, in standard deviations.
         standardize: learn standardised targets (recommended); off, the head regresses raw values.
     """
+
+    headline = ("r2",)
 
     def __init__(
         self, loss: Literal["mse", "l1", "huber"] = "mse", huber_delta: float = 1.0, standardize: bool = True

@@ -1,14 +1,18 @@
-"""VitkitTrainer: Lightning's Trainer plus the commands that use a trained model (``vitkit embed|export|explain``).
+"""VitkitTrainer: Lightning's Trainer, saying where its outputs went, plus the commands that use a trained model
+(``vitkit embed|export|explain``).
 
 LightningCLI turns each Trainer method it is told about into a subcommand with the same ``--config``,
 ``--ckpt_path``, ``--model``, ``--data`` and ``--trainer`` arguments as ``fit`` and ``predict``; the work itself is in
-:mod:`vitkit.export`, :mod:`vitkit.explain` and :mod:`vitkit.writers`.
+:mod:`vitkit.export`, :mod:`vitkit.explain` and :mod:`vitkit.writers`. Outputs go under ``default_root_dir``, which
+the CLI sets to the run folder (:mod:`vitkit.runs`), or where ``--output`` says.
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_info
@@ -16,11 +20,105 @@ from lightning.pytorch.utilities import rank_zero_info
 from vitkit.checkpoints import read_checkpoint
 from vitkit.data.images import is_image_file, list_images
 from vitkit.errors import DataError, WeightsError
-from vitkit.writers import EmbeddingWriter
+from vitkit.writers import CSVPredictionWriter, EmbeddingWriter
 
 
 class VitkitTrainer(L.Trainer):
-    """A Lightning Trainer with ``embed``, ``export`` and ``explain``."""
+    """A Lightning Trainer with ``embed``, ``export`` and ``explain``, whose commands say what they wrote."""
+
+    def fit(
+        self,
+        model: L.LightningModule,
+        train_dataloaders: Any = None,
+        val_dataloaders: Any = None,
+        datamodule: L.LightningDataModule | None = None,
+        ckpt_path: str | Path | None = None,
+        weights_only: bool | None = None,
+    ) -> None:
+        """Lightning's fit; then where the run folder and its best and last checkpoints are."""
+        super().fit(model, train_dataloaders, val_dataloaders, datamodule, ckpt_path, weights_only)
+        if not self.is_global_zero or self.interrupted:
+            return
+        lines = [f"run folder: {_shown(self.default_root_dir)}"]
+        for callback in self.checkpoint_callbacks:
+            if callback.monitor is not None and callback.best_model_path:
+                score = callback.best_model_score
+                value = f" ({callback.monitor} {float(score):.4g})" if score is not None else ""
+                lines.append(f"best checkpoint: {_shown(callback.best_model_path)}{value}")
+        for callback in self.checkpoint_callbacks:
+            if callback.monitor is None and (callback.last_model_path or callback.best_model_path):
+                lines.append(f"last checkpoint: {_shown(callback.last_model_path or callback.best_model_path)}")
+        rank_zero_info("\n".join(lines))
+
+    def validate(
+        self,
+        model: L.LightningModule | None = None,
+        dataloaders: Any = None,
+        ckpt_path: str | Path | None = None,
+        verbose: bool = True,
+        datamodule: L.LightningDataModule | None = None,
+        weights_only: bool | None = None,
+        output: str | None = None,
+    ) -> list[Mapping[str, float]]:
+        """Lightning's validate; the metrics are also written to ``metrics.json``.
+
+        Args:
+            output: folder for ``metrics.json`` (and, from the CLI, the report); default ``<run folder>/validate``.
+        """
+        results = super().validate(model, dataloaders, ckpt_path, verbose, datamodule, weights_only)
+        return self._write_metrics("validate", results, output)
+
+    def test(
+        self,
+        model: L.LightningModule | None = None,
+        dataloaders: Any = None,
+        ckpt_path: str | Path | None = None,
+        verbose: bool = True,
+        datamodule: L.LightningDataModule | None = None,
+        weights_only: bool | None = None,
+        output: str | None = None,
+    ) -> list[Mapping[str, float]]:
+        """Lightning's test on the data's test split; the metrics are also written to ``metrics.json``.
+
+        Args:
+            output: folder for ``metrics.json`` (and, from the CLI, the report); default ``<run folder>/test``.
+        """
+        results = super().test(model, dataloaders, ckpt_path, verbose, datamodule, weights_only)
+        return self._write_metrics("test", results, output)
+
+    def _write_metrics(self, stage: str, results: list[Mapping[str, float]], output: str | None) -> list[Any]:
+        if self.is_global_zero and results:
+            path = Path(output or self.default_root_dir) / "metrics.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps({k: float(v) for k, v in results[0].items()}, indent=2) + "\n")
+            rank_zero_info(f"{stage} metrics written to {_shown(path)}")
+        return results
+
+    def predict(
+        self,
+        model: L.LightningModule | None = None,
+        dataloaders: Any = None,
+        datamodule: L.LightningDataModule | None = None,
+        return_predictions: bool | None = None,
+        ckpt_path: str | Path | None = None,
+        weights_only: bool | None = None,
+        output: str | None = None,
+    ) -> Any:
+        """Lightning's predict; with vitkit's CSV writer, one row per image.
+
+        Args:
+            output: the CSV file; default ``<run folder>/predictions/<folder name, or test/val>.csv``.
+        """
+        writers = [c for c in self.callbacks if isinstance(c, CSVPredictionWriter)]
+        for writer in writers:
+            if output is not None:
+                writer.output = Path(output)
+            elif writer.output is None and hasattr(datamodule, "predict_source"):
+                writer.output = Path(self.default_root_dir) / "predictions" / f"{datamodule.predict_source}.csv"
+        results = super().predict(model, dataloaders, datamodule, return_predictions, ckpt_path, weights_only)
+        for writer in writers:
+            rank_zero_info(f"predictions written to {_shown(writer.path(self))}")
+        return results
 
     def embed(
         self,
@@ -35,8 +133,11 @@ class VitkitTrainer(L.Trainer):
             model: the model whose backbone encodes the images.
             datamodule: the images (``--data.predict_root DIR``, else the test or val split).
             ckpt_path: the trained checkpoint.
-            output: output path without suffix; default ``<default_root_dir>/embeddings`` (``.npy`` and ``.csv``).
+            output: output path without suffix (``.npy`` and ``.csv`` are added); default
+                ``<run folder>/embeddings/<folder name, or test/val>``.
         """
+        if output is None and hasattr(datamodule, "predict_source"):
+            output = str(Path(self.default_root_dir) / "embeddings" / datamodule.predict_source)
         writer = EmbeddingWriter(output)
         self.callbacks.append(writer)
         model.predict_output = "embedding"
@@ -65,7 +166,7 @@ class VitkitTrainer(L.Trainer):
             ckpt_path: the trained checkpoint.
             datamodule: not used.
             format: ``onnx`` (needs the ``export`` extra) or ``torchscript``.
-            output: the model file; default: the checkpoint's path with ``.onnx`` / ``.pt``.
+            output: the model file; default: next to the checkpoint, its name with ``.onnx`` / ``.pt``.
             opset: ONNX opset version (torch's default if not given).
         """
         from vitkit.export import FORMATS, export_model
@@ -98,7 +199,7 @@ class VitkitTrainer(L.Trainer):
                 layer's attention from the class token).
             head_fusion: combine the heads' attention by ``mean`` or ``max``.
             alpha: opacity of the heat map over the image.
-            output: folder for the PNGs; default ``<default_root_dir>/attention``.
+            output: folder for the PNGs; default ``<run folder>/attention``.
         """
         from vitkit.explain import explain_images
 
@@ -109,6 +210,15 @@ class VitkitTrainer(L.Trainer):
         written = explain_images(model, paths, folder, method, head_fusion, alpha, device=device)
         print(f"wrote {len(written)} attention maps ({method}) to {folder}")
         return written
+
+
+def _shown(path: str | Path) -> str:
+    """``path`` relative to the current folder when it is inside it (as the user typed it), else absolute."""
+    path = Path(path).absolute()
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 def load_weights(model: L.LightningModule, ckpt_path: str) -> None:

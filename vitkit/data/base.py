@@ -101,6 +101,26 @@ class ImageDataModule(L.LightningDataModule):
             raise DataError(f"no images found under predict_root {self.predict_root}.")
         return [(path, UNLABELLED) for path in images]
 
+    @property
+    def predict_source(self) -> str:
+        """A name for what ``predict`` reads: the ``predict_root`` folder's name, else ``test`` or ``val``."""
+        if self.predict_root is not None:
+            return self.predict_root.resolve().name or "images"
+        return "test" if self.splits.get("test") else "val"
+
+    def require_split(self, split: str) -> None:
+        """Raise a one-line DataError if this data has no ``split`` (checked before a model is loaded)."""
+        if self.splits.get(split) is None:
+            raise DataError(f"{self.describe_source()} has no {split} split: {self.split_hint(split)}")
+
+    def describe_source(self) -> str:
+        """Where the data comes from, for messages."""
+        return type(self).__name__
+
+    def split_hint(self, split: str) -> str:
+        """What to do to give this data a ``split`` (see :meth:`require_split`)."""
+        return "give labelled data, e.g. --data.class_path vitkit.ClassFolderDataModule --data.init_args.root DIR."
+
     def resolved_data_config(self) -> dict[str, Any]:
         """The timm data config used for transforms: explicit, else the attached model's, else timm's default."""
         from timm.data import resolve_data_config  # lazily: see vitkit.backbone
@@ -148,10 +168,8 @@ class ImageDataModule(L.LightningDataModule):
 
     def _loader(self, split: str, shuffle: bool = False) -> DataLoader:
         if split not in self.datasets:
-            raise DataError(
-                f"{type(self).__name__} has no '{split}' images: training and evaluation need labelled data, e.g. "
-                "--data.class_path vitkit.data.ClassFolderDataModule --data.init_args.root DIR."
-            )
+            self.require_split(split)
+            raise DataError(f"{self.describe_source()} has no {split} images.")
         dataset, sampler = self.datasets[split], None
         if split != "train" and self.trainer is not None and self.trainer.world_size > 1:
             # Lightning's default pads every process to the same length by repeating samples, which counts them

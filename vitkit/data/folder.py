@@ -49,6 +49,15 @@ class ClassFolderDataModule(ImageDataModule):
     def class_names(self) -> list[str]:
         return self.splits["classes"]
 
+    def describe_source(self) -> str:
+        return f"data root {self.root}"
+
+    def split_hint(self, split: str) -> str:
+        if split == "test":
+            return (f"put class folders of test images in {self.root / 'test'}/<class>/, or score the val split "
+                    "with `vitkit validate`.")  # fmt: skip
+        return f"expected {self.root}/<class>/<images> or {self.root}/{split}/<class>/<images>."
+
     @cached_property
     def splits(self) -> dict[str, Any]:  # also holds "classes"
         """Scan the folders once: ``{"classes": [...], "train": [...], "val": [...], "test": [...] or None}``."""

@@ -93,6 +93,15 @@ class ManifestDataModule(ImageDataModule):
     def class_names(self) -> list[str]:
         return self.splits["names"]
 
+    def describe_source(self) -> str:
+        return f"manifest {self.csv}"
+
+    def split_hint(self, split: str) -> str:
+        if split == "test":
+            return (f"mark test rows with '{self.split_column}' = test in the CSV, or score the val split with "
+                    "`vitkit validate`.")  # fmt: skip
+        return f"mark rows with '{self.split_column}' = {split} in the CSV."
+
     @property
     def label_stats(self) -> LabelStats:
         train = [target for _, target in self.splits["train"]]
