@@ -1,10 +1,10 @@
 """`make demo`: train a small ViT on a generated image folder, then transfer its encoder to a new small dataset.
 
-1. `vitkit fit` with recipes/quickstart.yaml on demo_data/shapes (400 images), offline W&B logging; the val
+1. `vitkit fit --config quickstart` on demo_data/shapes (400 images), offline W&B logging; the val
    accuracy is recomputed from `vitkit predict`'s CSV with the best checkpoint.
 2. The trained model at work: attention maps of one val image per class (`vitkit explain`, put side by side in
    runs/demo/attention.png), an ONNX export (`vitkit export`) and the encoder's embeddings of the data (`vitkit
-   embed`).
+   embed`), all in the fit's run folder, runs/demo/shapes/version_0.
 3. Transfer: a new dataset (demo_data/shapes_small: other images, lower resolution) with only 3 labelled images per
    class. The encoder of step 1 with a fresh head (a linear probe) against the same ViT trained from scratch, with
    the same data and budget (10 epochs).
@@ -31,7 +31,8 @@ from vitkit.synthetic import make_shapes_folder
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "demo_data" / "shapes"
 SMALL = ROOT / "demo_data" / "shapes_small"
-RUN = ROOT / "runs" / "demo"
+DEMO_RUNS = ROOT / "runs" / "demo"
+RUN = DEMO_RUNS / "shapes" / "version_0"  # the fit's run folder (runs/demo is emptied first)
 #: The transfer comparison: 3 labelled images per class (val_fraction 0.925 of 40), 10 epochs of batch 4.
 FEW_LABELS = ["--data.init_args.val_fraction", "0.925", "--data.init_args.batch_size", "4", "--trainer.max_epochs",
               "10", "--trainer.logger", "false"]  # fmt: skip
@@ -49,43 +50,20 @@ def main() -> int:
         print(f"generated {sum(1 for _ in DATA.rglob('*.*'))} images in {DATA}")
     if not SMALL.is_dir():
         make_shapes_folder(SMALL, per_class=40, sizes=(20, 36), seed=5)
-    shutil.rmtree(RUN, ignore_errors=True)
+    shutil.rmtree(DEMO_RUNS, ignore_errors=True)
     start = time.perf_counter()
-    vitkit(
-        "fit",
-        "--config",
-        "recipes/quickstart.yaml",
-        "--data.init_args.root",
-        str(DATA),
-        "--trainer.default_root_dir",
-        str(RUN),
-        "--trainer.logger.init_args.save_dir",
-        str(RUN),
-        "--checkpoint.dirpath",
-        str(RUN / "checkpoints"),
-    )
+    vitkit("fit", "--config", "quickstart", "--data.root", str(DATA), "--trainer.default_root_dir", str(RUN.parent))
     fit_seconds = time.perf_counter() - start
     best = next((RUN / "checkpoints").glob("best-*.ckpt"))
-    vitkit(
-        "predict",
-        "--data",
-        "vitkit.ClassFolderDataModule",
-        "--data.root",
-        str(DATA),
-        "--ckpt_path",
-        str(best),
-        "--trainer.logger",
-        "false",
-        "--trainer.default_root_dir",
-        str(RUN),
-    )
-    with open(RUN / "predictions.csv") as f:
+    vitkit("predict", "--ckpt_path", str(best))  # the checkpoint's own data: its val split
+    predictions = RUN / "predictions" / "val.csv"
+    with open(predictions) as f:
         rows = list(csv.DictReader(f))
     classes = sorted({r["target"] for r in rows})
     accuracy = sum(r["prediction"] == r["target"] for r in rows) / len(rows)
     chance = 1 / len(classes)
     print(f"\nfit: {fit_seconds:.0f} s; best checkpoint: {best.relative_to(ROOT)}")
-    print(f"predictions: {(RUN / 'predictions.csv').relative_to(ROOT)}")
+    print(f"predictions: {predictions.relative_to(ROOT)}")
     print(f"val accuracy: {accuracy:.3f} on {len(rows)} images, {len(classes)} classes (chance {chance:.2f})")
     if accuracy < 2 * chance:
         print("demo FAILED: accuracy is not far above chance", file=sys.stderr)
@@ -105,35 +83,25 @@ def use_model(checkpoint: Path, rows: list[dict[str, str]]) -> None:
     """Attention maps of one val image per class, side by side; an ONNX export; the data's embeddings."""
     examples = [next(r["path"] for r in rows if r["target"] == c) for c in sorted({r["target"] for r in rows})]
     maps = RUN / "attention"
-    vitkit("explain", "--ckpt_path", str(checkpoint), "--images", json.dumps(examples), "--output", str(maps))
+    vitkit("explain", "--ckpt_path", str(checkpoint), "--images", json.dumps(examples))
     pictures = [Image.open(p) for p in sorted(maps.glob("*.png"))]
     grid = Image.new("RGB", (sum(p.width for p in pictures) + 8 * (len(pictures) - 1), pictures[0].height), "white")
     for i, picture in enumerate(pictures):
         grid.paste(picture, (i * (picture.width + 8), 0))
-    grid.save(RUN / "attention.png")
-    print(f"attention maps: {maps.relative_to(ROOT)}/, side by side in {(RUN / 'attention.png').relative_to(ROOT)}")
-    vitkit("export", "--ckpt_path", str(checkpoint), "--format", "onnx", "--output", str(RUN / "model.onnx"))
-    vitkit("embed", "--ckpt_path", str(checkpoint), "--data.predict_root", str(DATA), "--output",
-           str(RUN / "embeddings"), "--trainer.enable_progress_bar", "false")  # fmt: skip
+    grid.save(DEMO_RUNS / "attention.png")
+    side_by_side = (DEMO_RUNS / "attention.png").relative_to(ROOT)
+    print(f"attention maps: {maps.relative_to(ROOT)}/, side by side in {side_by_side}")
+    vitkit("export", "--ckpt_path", str(checkpoint), "--format", "onnx")
+    vitkit("embed", "--ckpt_path", str(checkpoint), "--data.predict_root", str(DATA), "--trainer.enable_progress_bar",
+           "false")  # fmt: skip
 
 
 def fit_small(name: str, *args: str) -> float:
     """Fit the quickstart ViT on the few-label dataset; return its best val accuracy."""
-    folder = RUN / name
-    vitkit(
-        "fit",
-        "--config",
-        "recipes/quickstart.yaml",
-        "--data.init_args.root",
-        str(SMALL),
-        *FEW_LABELS,
-        "--trainer.default_root_dir",
-        str(folder),
-        "--checkpoint.dirpath",
-        str(folder / "checkpoints"),
-        *args,
-    )
-    best = next((folder / "checkpoints").glob("best-*.ckpt"))
+    folder = DEMO_RUNS / name
+    vitkit("fit", "--config", "quickstart", "--data.root", str(SMALL), *FEW_LABELS, "--trainer.default_root_dir",
+           str(folder), *args)  # fmt: skip
+    best = next((folder / "version_0" / "checkpoints").glob("best-*.ckpt"))
     states = torch.load(best, map_location="cpu", weights_only=True)["callbacks"]
     return next(float(s["best_model_score"]) for k, s in states.items() if "val/acc" in k)
 

@@ -40,7 +40,6 @@ def trained_checkpoint(tmp_path_factory: pytest.TempPathFactory, shapes_root: Pa
     """``last.ckpt`` of a 1-epoch `vitkit fit` of the quickstart recipe (tiny ViT) on :func:`shapes_root`."""
     from tests.helpers import fit_quickstart  # helpers import this module
 
-    run = tmp_path_factory.mktemp("trained")
-    fit_quickstart(shapes_root, run, "--trainer.max_epochs", "1", "--trainer.logger", "false",
-                   "--checkpoint.dirpath", run / "checkpoints")  # fmt: skip
-    return run / "checkpoints" / "last.ckpt"
+    runs = tmp_path_factory.mktemp("trained")
+    fit_quickstart(shapes_root, runs, "--trainer.max_epochs", "1", "--trainer.logger", "false")
+    return runs / "version_0" / "checkpoints" / "last.ckpt"

@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers import REPO, vitkit
+from tests.helpers import run_folder, vitkit
+from vitkit.recipes import RECIPES_DIR
 
-RECIPES = sorted((REPO / "recipes").glob("*.yaml"))
+RECIPES = sorted(RECIPES_DIR.glob("*.yaml"))
 
 pytestmark = pytest.mark.slow
 
@@ -18,9 +19,7 @@ pytestmark = pytest.mark.slow
 TEST_CONFIG = """
 trainer:
   max_epochs: 2
-  logger:
-    class_path: lightning.pytorch.loggers.CSVLogger
-    init_args: {save_dir: RUN, name: logs}
+  logger: lightning.pytorch.loggers.CSVLogger
 model:
   backbone:
     init_args:
@@ -36,22 +35,11 @@ data:
 @pytest.fixture(scope="module")
 def fitted(tmp_path_factory, shapes_root) -> Path:
     """Run `vitkit fit` once with the quickstart recipe plus TEST_CONFIG; return the run folder."""
-    run = tmp_path_factory.mktemp("run")
-    (run / "test.yaml").write_text(TEST_CONFIG.replace("RUN", str(run)))
-    vitkit(
-        "fit",
-        "--config",
-        "recipes/quickstart.yaml",
-        "--config",
-        run / "test.yaml",
-        "--data.init_args.root",
-        shapes_root,
-        "--trainer.default_root_dir",
-        run,
-        "--checkpoint.dirpath",
-        run / "checkpoints",
-    )
-    return run
+    root = tmp_path_factory.mktemp("runs")
+    (root / "test.yaml").write_text(TEST_CONFIG)
+    vitkit("fit", "--config", "quickstart", "--config", root / "test.yaml", "--data.init_args.root", shapes_root,
+           "--trainer.default_root_dir", root)  # fmt: skip
+    return run_folder(root)
 
 
 def test_fit_writes_best_and_last_checkpoints_with_classes(fitted):
@@ -70,14 +58,14 @@ def test_custom_head_from_yaml_class_path_gets_linked_sizes(fitted):
 
 
 def test_fit_logs_train_and_val_metrics_each_epoch(fitted):
-    with open(next(fitted.glob("logs/version_*/metrics.csv"))) as f:
+    with open(fitted / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
     val = [r for r in rows if r.get("val/acc")]
     assert len(val) == 2
     for key in ("val/loss", "val/f1_macro", "train/acc", "train/loss_epoch"):
         assert any(r.get(key) for r in rows), key
     assert any(v for r in rows for k, v in r.items() if k.startswith("lr-AdamW"))  # one curve per param group
-    assert all(0.0 <= float(r["val/acc"]) <= 1.0 for r in val)
+    assert float(val[-1]["val/acc"]) > 0.25  # 4 classes; after two epochs above chance
 
 
 def test_validate_from_checkpoint_without_model_config(fitted, shapes_root):
@@ -111,7 +99,7 @@ def test_predict_from_checkpoint_writes_a_csv_of_classes(fitted, shapes_root, tm
         "--trainer.default_root_dir",
         tmp_path,
     )
-    with open(tmp_path / "predictions.csv") as f:
+    with open(tmp_path / "predictions" / "circle.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 24
     assert {r["prediction"] for r in rows} <= {"circle", "cross", "square", "triangle"}
@@ -123,7 +111,7 @@ def test_bad_data_root_is_one_clear_error_without_traceback(tmp_path):
     result = vitkit(
         "fit",
         "--config",
-        "recipes/quickstart.yaml",
+        "quickstart",
         "--data.init_args.root",
         tmp_path / "nope",
         "--trainer.logger",

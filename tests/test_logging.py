@@ -4,25 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from tests.helpers import fit_quickstart
+from tests.helpers import fit_quickstart, run_folder
 from tests.wandb_records import history, read_records, run_config
 
 
 @pytest.mark.slow
 def test_offline_wandb_run_holds_config_metrics_and_confusion_matrix(tmp_path, shapes_root):
-    fit_quickstart(
-        shapes_root,
-        tmp_path,
-        "--trainer.max_epochs",
-        "2",
-        "--trainer.logger.init_args.save_dir",
-        tmp_path,
-        "--trainer.logger.init_args.name",
-        "offline-test",
-        "--trainer.logger.init_args.log_model",
-        "true",
-    )
-    (run,) = tmp_path.glob("wandb/offline-run-*")
+    fit_quickstart(shapes_root, tmp_path, "--trainer.max_epochs", "2", "--trainer.logger.init_args.name",
+                   "offline-test", "--trainer.logger.init_args.log_model", "true")  # fmt: skip
+    (run,) = tmp_path.glob("version_0/wandb/offline-run-*")
     records = read_records(next(run.glob("run-*.wandb")))
     config = run_config(records)
     # The full resolved LightningCLI config, not only the model's hyperparameters:
@@ -47,8 +37,9 @@ def test_offline_wandb_run_holds_config_metrics_and_confusion_matrix(tmp_path, s
 @pytest.mark.slow
 def test_without_a_logger_the_report_is_saved_as_png(tmp_path, shapes_root):
     fit_quickstart(shapes_root, tmp_path, "--trainer.max_epochs", "1", "--trainer.logger", "false")
-    assert [p.name for p in sorted((tmp_path / "validation").iterdir())] == [
+    run = run_folder(tmp_path)
+    assert [p.name for p in sorted((run / "validation").iterdir())] == [
         "confusion_matrix_epoch000.png",
         "samples_epoch000.png",
     ]
-    assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "config.yaml", "validation"]

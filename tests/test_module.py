@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from functools import partial
 
 import lightning as L
@@ -63,14 +64,24 @@ def test_checkpoint_from_python_loads_weights_only_with_class_names(shapes_root,
 
 
 def test_loading_a_checkpoint_with_other_classes_is_refused(shapes_root, tmp_path):
-    model = TransferModule(Backbone(**TINY_VIT), num_outputs=4, class_names=["a", "b", "c", "d"])
+    names = ["circle", "cross", "square", "triangle"]
+    model = TransferModule(Backbone(**TINY_VIT), num_outputs=4, class_names=names)
     trainer = fit(model, shapes_root, tmp_path)
     trainer.save_checkpoint(tmp_path / "m.ckpt")
-    other = TransferModule(Backbone(**TINY_VIT), num_outputs=4, class_names=["a", "b", "c", "x"])
-    with pytest.raises(DataError, match=r"differ from the checkpoint's \['a', 'b', 'c', 'd'\]"):
+    renamed = tmp_path / "renamed"
+    shutil.copytree(shapes_root, renamed)
+    (renamed / "triangle").rename(renamed / "x")
+    other = TransferModule(Backbone(**TINY_VIT), num_outputs=4, class_names=["circle", "cross", "square", "x"])
+    with pytest.raises(DataError, match=r"differ from the checkpoint's \['circle', 'cross', 'square', 'triangle'\]"):
         L.Trainer(logger=False, enable_progress_bar=False).validate(
-            other, ClassFolderDataModule(shapes_root, num_workers=0), ckpt_path=tmp_path / "m.ckpt"
+            other, ClassFolderDataModule(renamed, num_workers=0), ckpt_path=tmp_path / "m.ckpt"
         )
+
+
+def test_data_with_other_classes_than_the_model_is_refused(shapes_root, tmp_path):
+    model = TransferModule(Backbone(**TINY_VIT), num_outputs=4, class_names=["a", "b", "c", "d"])
+    with pytest.raises(DataError, match=r"the data's classes \['circle', 'cross', 'square', 'triangle'\] differ"):
+        fit(model, shapes_root, tmp_path)
 
 
 def test_class_names_must_match_num_outputs():
@@ -86,3 +97,19 @@ def test_compiled_backbone_trains_with_unchanged_checkpoint_keys(shapes_root, tm
     assert model.backbone.model._compiled_call_impl is not None  # nn.Module.compile() ran
     assert set(model.state_dict()) == keys  # no `_orig_mod.` prefixes: checkpoints stay loadable without compile
     assert torch.isfinite(trainer.callback_metrics["train/loss_epoch"])
+
+
+def test_bf16_mixed_runs_the_encoder_in_bfloat16_with_float32_weights(shapes_root, tmp_path):
+    model = TransferModule(Backbone(**TINY_VIT), num_outputs=4)
+    dtypes: set[torch.dtype] = set()
+    model.backbone.model.blocks[0].attn.qkv.register_forward_hook(lambda module, args, out: dtypes.add(out.dtype))
+    fit(model, shapes_root, tmp_path, precision="bf16-mixed")
+    assert dtypes == {torch.bfloat16}  # autocast really ran (training and validation)
+    assert model.backbone.model.blocks[0].attn.qkv.weight.dtype == torch.float32
+
+
+def test_python_built_models_keep_no_live_objects_in_their_hyperparameters():
+    model = TransferModule(Backbone(**TINY_VIT), num_outputs=4, head=MLPHead)
+    hparams = model.hparams_initial
+    assert not {"backbone", "head", "optimizer"} & set(hparams)  # a module, a class, a function: not config data
+    assert hparams["num_outputs"] == 4 and all(v is None or isinstance(v, (int, str, bool)) for v in hparams.values())

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import yaml
 from jsonargparse import ArgumentParser
 from lightning.pytorch.strategies import FSDPStrategy, Strategy
 from timm.models.vision_transformer import Block
 
-RECIPES = Path(__file__).resolve().parent.parent / "recipes"
+from vitkit.recipes import RECIPES_DIR as RECIPES
 
 
 def test_fsdp_recipe_wraps_and_checkpoints_each_timm_block():
@@ -25,4 +23,5 @@ def test_fsdp_recipe_wraps_and_checkpoints_each_timm_block():
 
 def test_ddp_recipe_is_ddp_bf16_on_all_gpus():
     trainer = yaml.safe_load((RECIPES / "ddp_bf16.yaml").read_text())["trainer"]
-    assert (trainer["strategy"], trainer["precision"], trainer["devices"]) == ("ddp", "bf16-mixed", -1)
+    assert (trainer["strategy"], trainer["precision"], trainer["devices"]) == ("ddp", "bf16-mixed", "auto")
+    assert trainer["accelerator"] == "auto"  # every GPU when there are any (and the CPU for a smoke test)

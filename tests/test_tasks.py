@@ -107,6 +107,17 @@ def test_regression_loss_choices(name, fn):
     assert torch.allclose(task.loss(outputs, targets), fn(outputs, targets.view(5, 1)))
 
 
+def test_regression_reports_r2_per_target_as_sklearn_defines_it():
+    task = bound(Regression(), 2, ["brightness", "radius"], {"mean": [0.0, 0.0], "std": [1.0, 1.0]})
+    metrics = task.metrics("val")
+    targets = torch.tensor([[1.0, 0.1], [2.0, 0.2], [3.0, 0.3], [4.0, 0.4]])
+    predictions = torch.tensor([[1.0, 0.25], [2.0, 0.25], [3.0, 0.25], [4.0, 0.25]])  # exact / the mean
+    task.update_metrics(metrics, predictions, targets)
+    values = metrics.compute()
+    assert values["r2/brightness"] == pytest.approx(1.0) and values["r2/radius"] == pytest.approx(0.0, abs=1e-6)
+    assert values["r2"] == pytest.approx(0.5)
+
+
 def test_regression_single_target_r2():
     task = bound(Regression(), 1, ["y"], {"mean": [0.0], "std": [1.0]})
     metrics = task.metrics("val")

@@ -37,9 +37,10 @@ def image_files(root: Path) -> list[str]:
 
 
 def test_predict_a_bare_folder_from_the_checkpoint_alone(trained_checkpoint, photos, tmp_path):
-    vitkit("predict", "--ckpt_path", trained_checkpoint, "--data.predict_root", photos,
-           "--trainer.default_root_dir", tmp_path)  # fmt: skip
-    with open(tmp_path / "predictions.csv") as f:
+    result = vitkit("predict", "--ckpt_path", trained_checkpoint, "--data.predict_root", photos)
+    written = trained_checkpoint.parent.parent / "predictions" / f"{photos.name}.csv"  # in the checkpoint's run
+    assert f"predictions written to {written}" in result.stdout + result.stderr
+    with open(written) as f:
         rows = list(csv.DictReader(f))
     assert [r["path"] for r in rows] == image_files(photos)  # recursive, sorted, clutter ignored
     classes = {"circle", "cross", "square", "triangle"}
@@ -47,17 +48,20 @@ def test_predict_a_bare_folder_from_the_checkpoint_alone(trained_checkpoint, pho
         assert row["prediction"] == row["top1"] and {row[f"top{k}"] for k in range(1, 5)} == classes
         assert sum(float(row[f"top{k}_score"]) for k in range(1, 5)) == pytest.approx(1.0, abs=1e-4)
         assert row["target"] == ""  # unlabelled
-    assert not (tmp_path / "lightning_logs").exists()
+    assert not (trained_checkpoint.parent.parent / "lightning_logs").exists()
 
 
-def test_predict_without_images_says_where_to_give_them(trained_checkpoint):
-    result = vitkit("predict", "--ckpt_path", trained_checkpoint, check=False)
+def test_predict_without_images_says_where_to_give_them(trained_checkpoint, tmp_path):
+    checkpoint = torch.load(trained_checkpoint, weights_only=True)
+    del checkpoint["vitkit"]  # a model trained from Python: no data config to fall back on
+    torch.save(checkpoint, tmp_path / "python.ckpt")
+    result = vitkit("predict", "--ckpt_path", tmp_path / "python.ckpt", check=False)
     assert result.returncode == 2 and "--data.predict_root DIR" in result.stderr
     assert "Traceback" not in result.stderr
 
 
 def test_fit_on_unlabelled_data_is_refused_clearly(photos, tmp_path):
-    result = vitkit("fit", "--config", "recipes/quickstart.yaml", "--data", "vitkit.ImageDataModule",
+    result = vitkit("fit", "--config", "quickstart", "--data", "vitkit.ImageDataModule",
                     "--data.predict_root", photos, "--trainer.default_root_dir", tmp_path, check=False)  # fmt: skip
     assert result.returncode == 2 and "no labels" in result.stderr and "Traceback" not in result.stderr
 

@@ -45,7 +45,22 @@ class Backbone(nn.Module):
         self.model_name = model_name
         import timm  # here, not at import time: `vitkit --help` and --print_config need no timm (~1 s with wandb)
 
-        self.model = timm.create_model(model_name, pretrained=pretrained, num_classes=0, **kwargs)
+        try:
+            self.model = timm.create_model(model_name, pretrained=pretrained, num_classes=0, **kwargs)
+        except RuntimeError as err:
+            if "Unknown model" not in str(err):
+                raise
+            raise WeightsError(
+                f'unknown timm model {model_name!r}: list the names with python -c "import timm; '
+                f"print(timm.list_models('{model_name.split('_')[0]}*', pretrained=True))\"."
+            ) from err
+        except OSError as err:  # the hub: no network, offline without the file in the cache, a gated or missing repo
+            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise WeightsError(
+                f"cannot get the pretrained weights of {model_name!r} from the Hugging Face hub ({reason}). Check the "
+                "network (or HF_HUB_OFFLINE / HF_HUB_CACHE), or give a local file with "
+                "--model.backbone.init_args.weights PATH and pretrained: false."
+            ) from err
         if weights is not None:
             load_backbone_weights(self.model, weights)
 

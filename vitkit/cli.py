@@ -7,7 +7,7 @@ import re
 import sys
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import yaml
 from lightning.pytorch import LightningModule, Trainer
@@ -19,16 +19,17 @@ from lightning.pytorch.callbacks import (
 )
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.plugins.io import CheckpointIO
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from vitkit import recipes
 from vitkit.callbacks import ProgressBar as VitkitProgressBar
 from vitkit.callbacks import ValidationReport, wandb_loggers_of
 from vitkit.checkpoints import AtomicCheckpointIO, RunInfo, read_checkpoint
 from vitkit.data.base import ImageDataModule
-from vitkit.errors import DataError, VitkitError
+from vitkit.errors import DataError, VitkitError, concise_parse_error
 from vitkit.loggers import configure_loggers
 from vitkit.module import TransferModule
-from vitkit.runs import find_checkpoint, new_run_dir, run_dir_of
+from vitkit.runs import best_checkpoint, discard_if_empty, find_checkpoint, is_launched_process, new_run_dir, run_dir_of
 from vitkit.trainer import VitkitTrainer
 from vitkit.writers import CSVPredictionWriter
 
@@ -57,6 +58,18 @@ class ConfigToLoggers(SaveConfigCallback):
             path = Path(run.dir) / self.config_filename
             path.write_text(text)
             run.save(str(path), base_path=run.dir, policy="now")
+
+
+class VitkitArgumentParser(LightningArgumentParser):
+    """LightningCLI's parser; a bad option is one line naming it, not the usage of all options and a type dump."""
+
+    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
+        if not self.exit_on_error:
+            super().error(message, ex)
+        parser = getattr(ex, "subcommand_parser", None) or self
+        prog = parser.prog.replace(" [options]", "")
+        sys.stderr.write(f"vitkit: error: {concise_parse_error(message)} (options: {prog} --help)\n")
+        self.exit(2)
 
 
 class VitkitCLI(LightningCLI):
@@ -90,7 +103,13 @@ class VitkitCLI(LightningCLI):
         self.checkpoint_info: dict[str, Any] = dict(checkpoint.get("vitkit") or {})
         self.run_dir: Path | None = None
         kwargs.setdefault("trainer_defaults", {}).setdefault("default_root_dir", DEFAULT_ROOT)
-        super().__init__(*args, **kwargs)
+        kwargs.setdefault("parser_class", VitkitArgumentParser)
+        try:
+            super().__init__(*args, **kwargs)
+        except BaseException:
+            if getattr(self, "subcommand", None) == "fit" and self.run_dir and not is_launched_process():
+                discard_if_empty(self.run_dir)  # a run that never started leaves no empty version_N behind
+            raise
 
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
@@ -145,6 +164,7 @@ class VitkitCLI(LightningCLI):
             config["model.backbone.init_args.weights"] = None
         if self.subcommand is None:
             return
+        _check_strategy(config.get("trainer.strategy"), config.get("trainer.accelerator"))
         root = Path(config["trainer.default_root_dir"] or DEFAULT_ROOT).expanduser()
         if self.subcommand == "fit":
             resumed = self.ckpt_path is not None and run_dir_of(self.ckpt_path).joinpath("checkpoints").is_dir()
@@ -209,7 +229,22 @@ class VitkitCLI(LightningCLI):
         plugins = list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
         if not any(isinstance(p, CheckpointIO) for p in plugins):
             plugins.append(AtomicCheckpointIO())  # crash-safe writes, weights_only reads
-        return super().instantiate_trainer(callbacks=callbacks, plugins=plugins, **kwargs)
+        try:
+            return super().instantiate_trainer(callbacks=callbacks, plugins=plugins, **kwargs)
+        except (ValueError, MisconfigurationException) as err:  # devices, strategy, precision that cannot be had here
+            raise VitkitError(f"trainer settings: {err}") from err
+
+
+def _check_strategy(strategy: Any, accelerator: Any) -> None:
+    """Fail before building a model for settings this machine cannot run (Lightning checks only later)."""
+    import torch
+
+    name = strategy if isinstance(strategy, str) else str(getattr(strategy, "class_path", ""))
+    if "fsdp" in name.lower() and (accelerator == "cpu" or not torch.cuda.is_available()):
+        raise VitkitError(
+            "trainer settings: the FSDP strategy needs GPUs (Lightning runs FSDP on CUDA only); on this machine use "
+            "--trainer.strategy ddp, or the ddp_bf16 recipe."
+        )
 
 
 def resolve_argv(argv: list[str]) -> list[str]:
@@ -217,8 +252,12 @@ def resolve_argv(argv: list[str]) -> list[str]:
     argv = recipes.resolve_config_args(argv)
     which = _value_of(argv, "--ckpt_path")
     if which in ("last", "best"):
+        dirpath = _value_of(argv, "--checkpoint.dirpath") or _from_configs(argv, "checkpoint", "dirpath")
         root = _value_of(argv, "--trainer.default_root_dir") or _from_configs(argv, "trainer", "default_root_dir")
-        found = str(find_checkpoint(Path(root or DEFAULT_ROOT).expanduser(), which))
+        if dirpath and Path(dirpath, "last.ckpt").is_file():  # checkpoints kept outside the run folders
+            found = str(Path(dirpath, "last.ckpt") if which == "last" else best_checkpoint(Path(dirpath, "last.ckpt")))
+        else:
+            found = str(find_checkpoint(Path(root or DEFAULT_ROOT).expanduser(), which))
         argv = [found if a == which and i and argv[i - 1] == "--ckpt_path" else a for i, a in enumerate(argv)]
         argv = [f"--ckpt_path={found}" if a == f"--ckpt_path={which}" else a for a in argv]
     return argv
@@ -249,8 +288,6 @@ def _from_configs(argv: list[str], section: str, key: str) -> str | None:
 def _say(message: str) -> None:
     """A line for the user from the first process only."""
     from lightning.pytorch.utilities import rank_zero_info
-
-    from vitkit.runs import is_launched_process
 
     if not is_launched_process():
         rank_zero_info(f"vitkit: {message}")

@@ -78,15 +78,18 @@ def run_dir_of(checkpoint: str | Path) -> Path:
 
 
 def find_checkpoint(root: str | Path, which: str) -> Path:
-    """``last``: the ``last.ckpt`` written most recently under ``root``'s runs; ``best``: that run's best checkpoint.
+    """``last``: the ``last.ckpt`` written most recently by ``root``'s runs (``root/version_N``, else
+    ``root/*/version_N``: the latest run of any recipe under ``runs/``); ``best``: that run's best checkpoint.
 
     Raises:
         VitkitError: no run under ``root`` has a checkpoint (nothing to resume or evaluate).
     """
     root = Path(root)
-    lasts = [p for run in versions(root) if (p := run / CHECKPOINTS / LAST).is_file()]
+    # The runs of one recipe (runs/quickstart/version_N), or of every recipe under a parent folder (runs/*/...).
+    runs = versions(root) or [run for folder in sorted(root.glob("*/")) for run in versions(folder)]
+    lasts = [p for run in runs if (p := run / CHECKPOINTS / LAST).is_file()]
     if not lasts:
-        listed = ", ".join(p.name for p in versions(root)[-5:]) or "no runs"
+        listed = ", ".join(str(p) for p in runs[-3:]) or "no runs"
         raise VitkitError(
             f"--ckpt_path {which}: no run under {root} has a checkpoint ({listed}). Start a new run without "
             "--ckpt_path, or give the checkpoint file (or --trainer.default_root_dir of the runs) explicitly."
@@ -112,3 +115,14 @@ def best_checkpoint(last: Path) -> Path:
     if not bests:
         raise VitkitError(f"--ckpt_path best: {last.parent} has no best-*.ckpt; use --ckpt_path last.")
     return bests[-1]
+
+
+def discard_if_empty(run: Path) -> None:
+    """Remove a run folder that a failed start left without any file, and the folders above it that it emptied."""
+    if not run.is_dir() or any(p.is_file() for p in run.rglob("*")):
+        return
+    for folder in sorted(run.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+        folder.rmdir()
+    for folder in (run, run.parent, run.parent.parent):  # version_N, runs/<recipe>, runs
+        if folder.name and folder.resolve() != Path.cwd() and folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()

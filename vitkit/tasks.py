@@ -195,7 +195,8 @@ class Regression(Task):
     """Regression of one or more values. Targets are standardised with the training mean/std for the loss;
     predictions and metrics are in the original units.
 
-    Metrics: ``mae``, ``rmse`` and ``r2`` (averaged over targets), plus ``mae/<target>`` when there are several.
+    Metrics: ``mae``, ``rmse`` and ``r2`` (averaged over targets), plus ``mae/<target>`` and ``r2/<target>`` when
+    there are several.
 
     Args:
         loss: ``mse``, ``l1`` or ``huber`` (on standardised targets).
@@ -244,6 +245,8 @@ class Regression(Task):
         if self.num_outputs > 1:
             per_target = MeanAbsoluteError(num_outputs=self.num_outputs)
             metrics["mae_per_target"] = ClasswiseWrapper(per_target, labels=self.names, prefix="mae/")
+            r2 = R2Score(multioutput="raw_values")
+            metrics["r2_per_target"] = ClasswiseWrapper(r2, labels=self.names, prefix="r2/")
         return MetricCollection(metrics)
 
     def update_metrics(self, metrics: MetricCollection, outputs: torch.Tensor, targets: torch.Tensor) -> None:

@@ -13,16 +13,17 @@ from vitkit import ClassFolderDataModule, DataError
 
 @pytest.fixture
 def folder_with_bad_files(tmp_path):
+    root = tmp_path / "images"
     for cls in ("cat", "dog"):
-        (tmp_path / cls).mkdir()
+        (root / cls).mkdir(parents=True)
         for i in range(4):
-            Image.new("RGB", (40, 30), (40 * i, 90, 160)).save(tmp_path / cls / f"{i}.png")
+            Image.new("RGB", (40, 30), (40 * i, 90, 160)).save(root / cls / f"{i}.png")
     buffer = io.BytesIO()
     Image.new("RGB", (64, 64), (200, 10, 10)).save(buffer, format="JPEG")
-    (tmp_path / "cat" / "truncated.jpg").write_bytes(buffer.getvalue()[:300])
-    (tmp_path / "dog" / "empty.jpg").write_bytes(b"")
-    (tmp_path / "dog" / "notes.jpg").write_text("this is text saved with an image name")
-    return tmp_path
+    (root / "cat" / "truncated.jpg").write_bytes(buffer.getvalue()[:300])
+    (root / "dog" / "empty.jpg").write_bytes(b"")
+    (root / "dog" / "notes.jpg").write_text("this is text saved with an image name")
+    return root
 
 
 def splits(root, **kwargs) -> ClassFolderDataModule:
@@ -61,3 +62,4 @@ def test_fit_stops_with_one_clear_error_naming_the_files(folder_with_bad_files, 
     assert result.returncode == 2
     assert "vitkit: error:" in result.stderr and "truncated.jpg" in result.stderr and "notes.jpg" in result.stderr
     assert "Traceback" not in result.stderr
+    assert not (tmp_path / "run").exists()  # a run that stopped before training leaves no empty run folder

@@ -62,7 +62,7 @@ def test_check_data_command_exits_1_on_unreadable_files_and_0_when_clean(folder,
     assert result.returncode == 1 and "2 unreadable files" in result.stdout and "cut.jpg" in result.stdout
     for bad in ("train/cat/cut.jpg", "train/dog/empty.png"):
         (folder / bad).unlink()
-    result = vitkit("check-data", "--config", "recipes/quickstart.yaml", "--data.init_args.root", folder)
+    result = vitkit("check-data", "--config", "quickstart", "--data.init_args.root", folder)
     assert "all images decode." in result.stdout and "W&B" not in result.stderr  # no logger made for a scan
     missing = vitkit("check-data", "--data.root", tmp_path / "nope", check=False)
     assert missing.returncode == 2 and "vitkit: error: data root not found" in missing.stderr

@@ -46,10 +46,10 @@ def test_a_checkpoint_with_pickled_code_is_refused_by_every_command(command, tmp
     evil = tmp_path / "evil.ckpt"
     torch.save({"state_dict": {}, "hyper_parameters": {"num_outputs": 4}, "extra": Exploit(marker)}, evil)
     if command == "backbone-weights":
-        args = ["fit", "--config", "recipes/quickstart.yaml", *TINY_ARGS, "--data.init_args.root", shapes_root,
+        args = ["fit", "--config", "quickstart", *TINY_ARGS, "--data.init_args.root", shapes_root,
                 "--model.backbone.init_args.weights", evil, "--trainer.logger", "false"]  # fmt: skip
     elif command == "fit":  # resuming
-        args = ["fit", "--config", "recipes/quickstart.yaml", *TINY_ARGS, "--data.init_args.root", shapes_root,
+        args = ["fit", "--config", "quickstart", *TINY_ARGS, "--data.init_args.root", shapes_root,
                 "--ckpt_path", evil, "--trainer.logger", "false"]  # fmt: skip
     else:
         args = [command, "--ckpt_path", evil, "--data.predict_root", shapes_root]
@@ -76,7 +76,7 @@ def test_killing_a_process_while_it_saves_never_leaves_a_broken_checkpoint(tmp_p
     AtomicCheckpointIO().save_checkpoint({"state_dict": {"w": torch.ones(3)}}, path)
     seen = set()
     for delay in (0.2, 0.45, 0.7, 0.95, 1.2, 1.6):  # 160 MB per save: kills land inside writes
-        process = subprocess.Popen([sys.executable, "-c", SAVER, str(path)], cwd=REPO, stdout=subprocess.PIPE,
+        process = subprocess.Popen([sys.executable, "-c", SAVER, str(path)], cwd=tmp_path, stdout=subprocess.PIPE,
                                    env={**os.environ, "PYTHONPATH": str(REPO)})  # fmt: skip
         process.stdout.readline()
         time.sleep(delay)
@@ -89,10 +89,20 @@ def test_killing_a_process_while_it_saves_never_leaves_a_broken_checkpoint(tmp_p
     assert [p.name for p in tmp_path.iterdir() if not p.name.startswith(".")] == ["last.ckpt"]
 
 
+def test_checkpoints_are_as_readable_as_the_umask_says(tmp_path):
+    for umask in (0o022, 0o027, 0o077):
+        previous = os.umask(umask)
+        try:
+            AtomicCheckpointIO().save_checkpoint({"w": torch.ones(1)}, tmp_path / f"{umask:o}.ckpt")
+        finally:
+            os.umask(previous)
+        assert (tmp_path / f"{umask:o}.ckpt").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
 def test_the_cli_trainer_writes_and_reads_checkpoints_with_the_atomic_io(shapes_root, monkeypatch):
     monkeypatch.setattr(sys, "argv", ["vitkit"])
     cli = VitkitCLI(TransferModule, ImageDataModule, trainer_class=VitkitTrainer, subclass_mode_data=True, run=False,
-                    args=["--config", "recipes/quickstart.yaml", *TINY_ARGS, "--data.init_args.root", str(shapes_root),
+                    args=["--config", "quickstart", *TINY_ARGS, "--data.init_args.root", str(shapes_root),
                           "--trainer.logger", "false"])  # fmt: skip
     assert isinstance(cli.trainer.strategy.checkpoint_io, AtomicCheckpointIO)
 
@@ -102,12 +112,12 @@ def test_a_fit_killed_mid_epoch_resumes_from_last_and_finishes_the_planned_epoch
     starts = tmp_path / "epoch_starts.csv"
     slow = {"class_path": "tests.reliability.faults.SlowSteps", "init_args": {"seconds": 0.4, "log": str(starts)}}
     (tmp_path / "slow.yaml").write_text(yaml.safe_dump({"trainer": {"callbacks": [slow]}}))
-    args = ["fit", "--config", "recipes/quickstart.yaml", *TINY_ARGS, "--config", tmp_path / "slow.yaml",
+    args = ["fit", "--config", "quickstart", *TINY_ARGS, "--config", tmp_path / "slow.yaml",
             "--data.init_args.root", shapes_root, "--trainer.max_epochs", "3", "--trainer.logger", "false",
-            "--trainer.default_root_dir", tmp_path, "--checkpoint.dirpath", tmp_path / "checkpoints"]  # fmt: skip
-    last = tmp_path / "checkpoints" / "last.ckpt"
+            "--trainer.default_root_dir", tmp_path]  # fmt: skip
+    last = tmp_path / "version_0" / "checkpoints" / "last.ckpt"
     env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "offline"}
-    process = subprocess.Popen([VITKIT, *map(str, args)], cwd=REPO, env=env, start_new_session=True,
+    process = subprocess.Popen([VITKIT, *map(str, args)], cwd=tmp_path, env=env, start_new_session=True,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     deadline = time.monotonic() + 120
     while not last.exists() and time.monotonic() < deadline and process.poll() is None:
@@ -121,7 +131,7 @@ def test_a_fit_killed_mid_epoch_resumes_from_last_and_finishes_the_planned_epoch
     steps_per_epoch = killed["global_step"]
     assert starts.read_text().split() == ["0,0", f"1,{steps_per_epoch}"]
 
-    vitkit(*args, "--ckpt_path", "last")
+    vitkit(*args, "--ckpt_path", "last", cwd=tmp_path)
     # the resumed run started at the second epoch, with its step count, and did not repeat the first
     assert starts.read_text().split()[2:] == [f"1,{steps_per_epoch}", f"2,{2 * steps_per_epoch}"]
     resumed = torch.load(last, weights_only=True)

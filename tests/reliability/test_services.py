@@ -47,11 +47,9 @@ def test_online_with_unreachable_server_warns_within_the_timeout(tmp_path, no_wa
 def test_fit_online_without_login_completes_with_one_warning(tmp_path, shapes_root):
     (tmp_path / ".netrc").write_text("")
     env = {"WANDB_MODE": "online", "HOME": str(tmp_path), "NETRC": str(tmp_path / ".netrc")}
-    result = fit_quickstart(
-        shapes_root, tmp_path, "--trainer.max_epochs", "1", "--trainer.logger.init_args.save_dir", tmp_path, env=env
-    )
+    result = fit_quickstart(shapes_root, tmp_path / "runs", "--trainer.max_epochs", "1", env=env)
     assert result.stderr.count("W&B: not logged in") == 1
-    assert list(tmp_path.glob("wandb/offline-run-*/run-*.wandb"))
+    assert list(tmp_path.glob("runs/version_0/wandb/offline-run-*/run-*.wandb"))
     assert os.environ.get("WANDB_MODE") != "online"  # the test process itself is untouched
 
 
