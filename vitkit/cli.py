@@ -249,7 +249,7 @@ def _check_strategy(strategy: Any, accelerator: Any) -> None:
 
 def resolve_argv(argv: list[str]) -> list[str]:
     """Named recipes to their files, and ``--ckpt_path last|best`` to the latest run's checkpoint."""
-    argv = recipes.resolve_config_args(argv)
+    argv = _with_logger_save_dir(recipes.resolve_config_args(argv))
     which = _value_of(argv, "--ckpt_path")
     if which in ("last", "best"):
         dirpath = _value_of(argv, "--checkpoint.dirpath") or _from_configs(argv, "checkpoint", "dirpath")
@@ -261,6 +261,40 @@ def resolve_argv(argv: list[str]) -> list[str]:
         argv = [found if a == which and i and argv[i - 1] == "--ckpt_path" else a for i, a in enumerate(argv)]
         argv = [f"--ckpt_path={found}" if a == f"--ckpt_path={which}" else a for a in argv]
     return argv
+
+
+def _with_logger_save_dir(argv: list[str]) -> list[str]:
+    """A CSVLogger or TensorBoardLogger chosen as typed (``--trainer.logger lightning.pytorch.loggers.CSVLogger``,
+    or by class path in a ``--config``): those require a ``save_dir``, which vitkit sets to the run folder anyway
+    (:func:`vitkit.loggers.configure_loggers`); give the parser one right after the choice."""
+    chosen, at = None, -1
+    for i, arg in enumerate(argv):
+        if arg == "--trainer.logger" and i + 1 < len(argv):
+            chosen, at = argv[i + 1], i + 2
+        elif arg in ("-c", "--config") and i + 1 < len(argv) and Path(argv[i + 1]).is_file():
+            logger = ((yaml.safe_load(Path(argv[i + 1]).read_text()) or {}).get("trainer") or {}).get("logger")
+            if isinstance(logger, dict) and logger.get("class_path"):
+                given = "save_dir" in (logger.get("init_args") or {})
+                chosen, at = (None, -1) if given else (logger["class_path"], i + 2)
+            elif isinstance(logger, str):
+                chosen, at = logger, i + 2
+        elif arg.startswith("--trainer.logger.") and "save_dir" in arg:
+            chosen = None
+    if chosen and _requires_save_dir(chosen):
+        return [*argv[:at], "--trainer.logger.init_args.save_dir", DEFAULT_ROOT, *argv[at:]]
+    return argv
+
+
+def _requires_save_dir(class_path: str) -> bool:
+    import importlib
+    import inspect
+
+    module, _, name = class_path.rpartition(".")
+    try:
+        parameter = inspect.signature(getattr(importlib.import_module(module), name)).parameters.get("save_dir")
+    except (ImportError, AttributeError, ValueError, TypeError):
+        return False  # the parser says what is wrong with it
+    return parameter is not None and parameter.default is inspect.Parameter.empty
 
 
 def _value_of(argv: list[str], flag: str) -> str | None:

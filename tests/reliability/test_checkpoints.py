@@ -75,7 +75,7 @@ def test_killing_a_process_while_it_saves_never_leaves_a_broken_checkpoint(tmp_p
     path = tmp_path / "last.ckpt"
     AtomicCheckpointIO().save_checkpoint({"state_dict": {"w": torch.ones(3)}}, path)
     seen = set()
-    for delay in (0.2, 0.45, 0.7, 0.95, 1.2, 1.6):  # 160 MB per save: kills land inside writes
+    for delay in (0.2, 0.45, 0.7, 0.95, 1.2, 1.6, 3.0, 6.0):  # 160 MB per save: kills land inside writes
         process = subprocess.Popen([sys.executable, "-c", SAVER, str(path)], cwd=tmp_path, stdout=subprocess.PIPE,
                                    env={**os.environ, "PYTHONPATH": str(REPO)})  # fmt: skip
         process.stdout.readline()
