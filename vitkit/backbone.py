@@ -43,6 +43,7 @@ class Backbone(nn.Module):
         kwargs = {k: v for k, v in (model_kwargs or {}).items() if v is not None}
         kwargs.pop("num_classes", None)
         self.model_name = model_name
+        self.model_kwargs = kwargs  # what changed the timm model (img_size, patch_size, depth, ...)
         import timm  # here, not at import time: `vitkit --help` and --print_config need no timm (~1 s with wandb)
 
         try:

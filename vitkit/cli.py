@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import sys
@@ -45,7 +46,7 @@ class ConfigToLoggers(SaveConfigCallback):
     every logger's hyperparameters; a W&B run keeps the YAML file among its files."""
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        if stage != "predict":  # predict, embed: outputs only, next to the checkpoint
+        if stage == "fit":  # evaluations record their checkpoint and data in metrics.json instead
             super().setup(trainer, pl_module, stage)
 
     def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
@@ -61,7 +62,12 @@ class ConfigToLoggers(SaveConfigCallback):
 
 
 class VitkitArgumentParser(LightningArgumentParser):
-    """LightningCLI's parser; a bad option is one line naming it, not the usage of all options and a type dump."""
+    """LightningCLI's parser; a bad option is one line naming it, not the usage of all options and a type dump, and
+    options must be spelled out (``--trainer.max_epoch`` is not taken for ``--trainer.max_epochs``)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str, ex: Exception | None = None) -> NoReturn:
         if not self.exit_on_error:
@@ -91,18 +97,21 @@ class VitkitCLI(LightningCLI):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         given = kwargs.get("args")
         argv = resolve_argv(list(given) if isinstance(given, list) else sys.argv[1:])
-        if isinstance(given, list):
-            kwargs["args"] = argv
-        elif given is None:
-            sys.argv[1:] = argv  # DDP processes that Lightning launches re-run sys.argv: the same files for all
-        self.argv = argv
         self.ckpt_path = _value_of(argv, "--ckpt_path")
         checkpoint = read_checkpoint(self.ckpt_path, mmap=True) if self.ckpt_path else {}
         hparams = dict(checkpoint.get("hyper_parameters") or {})
         self.checkpoint_hparams = {k: v for k, v in hparams.items() if not k.startswith("_")}
         self.checkpoint_info: dict[str, Any] = dict(checkpoint.get("vitkit") or {})
+        if argv[:1] != ["fit"] and self.checkpoint_info.get("data") and "--config" in argv:
+            # Evaluating or using a trained model: its own data, not the recipe's placeholder (--data.* re-points it).
+            at = len(argv) - argv[::-1].index("--config") + 1
+            argv = [*argv[:at], "--data", json.dumps(self.checkpoint_info["data"]), *argv[at:]]
+        if isinstance(given, list):
+            kwargs["args"] = argv
+        elif given is None:
+            sys.argv[1:] = argv  # DDP processes that Lightning launches re-run sys.argv: the same files for all
         self.run_dir: Path | None = None
-        kwargs.setdefault("trainer_defaults", {}).setdefault("default_root_dir", DEFAULT_ROOT)
+        kwargs.setdefault("trainer_defaults", {}).setdefault("default_root_dir", default_root(argv))
         kwargs.setdefault("parser_class", VitkitArgumentParser)
         try:
             super().__init__(*args, **kwargs)
@@ -122,8 +131,9 @@ class VitkitCLI(LightningCLI):
         }
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        for name in _LINKED:
-            parser.link_arguments(f"data.{name}", f"model.{name}", self._linked_value(name), "instantiate")
+        if not self.checkpoint_hparams:  # a trained model's outputs are its own (TransferModule.setup checks the data)
+            for name in _LINKED:
+                parser.link_arguments(f"data.{name}", f"model.{name}", self._linked_value(name), "instantiate")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults(
             {
@@ -135,17 +145,15 @@ class VitkitCLI(LightningCLI):
             }
         )
         if self.checkpoint_hparams:  # `--ckpt_path` given: the checkpoint's model and data configs are the defaults
-            parser.set_defaults({f"model.{k}": v for k, v in self.checkpoint_hparams.items() if k not in _LINKED})
+            parser.set_defaults({f"model.{k}": v for k, v in self.checkpoint_hparams.items()})
             # The data it was trained on (re-pointed by --data.root / --data.csv); else just images to predict on.
             data = self.checkpoint_info.get("data") or {"class_path": "vitkit.data.ImageDataModule"}
             parser.set_defaults({"data": data})
 
     def _linked_value(self, name: str) -> Any:
-        """Link function: a trained model's own outputs (the checkpoint's), else the data module's."""
+        """Link function: the data module's value; without labels (no checkpoint either) nothing sizes the model."""
 
         def value(from_data: Any) -> Any:
-            if name in self.checkpoint_hparams:
-                return self.checkpoint_hparams[name]  # the data's must match: TransferModule.setup checks
             if from_data is not None or name == "label_stats":  # label stats are optional
                 return from_data
             raise DataError(
@@ -173,25 +181,21 @@ class VitkitCLI(LightningCLI):
             if config.get("checkpoint.dirpath") is None:
                 config["checkpoint.dirpath"] = str(self.run_dir / "checkpoints")
             wandb_id = self.checkpoint_info.get("wandb_id") if resumed else None
-            _say(f"run folder: {self.run_dir}" + (f" (resuming {self.ckpt_path})" if resumed else ""))
-        else:
-            explicit = _value_of(self.argv, "--trainer.default_root_dir") is not None
-            home = run_dir_of(self.ckpt_path) if self.ckpt_path and not explicit else root
-            self.run_dir = home
-            output = home / self.subcommand if self.subcommand in ("validate", "test") else home
+            name = f"{self.run_dir.parent.name}/{self.run_dir.name}"
+        else:  # outputs go next to the checkpoint, into its run folder (--output puts them elsewhere)
+            self.run_dir = run_dir_of(self.ckpt_path) if self.ckpt_path else root
+            output = self.run_dir / self.subcommand if self.subcommand in ("validate", "test") else self.run_dir
             if self.subcommand in ("validate", "test") and config.get("output"):
                 output = Path(config["output"])
-            wandb_id = None
+            wandb_id, name = None, f"{self.run_dir.parent.name}/{self.run_dir.name}/{self.subcommand}"
         config["trainer.default_root_dir"] = str(output)
         if self.subcommand in _USE_MODEL:
             config["trainer.logger"] = False
         else:
-            config["trainer.logger"] = configure_loggers(config.get("trainer.logger"), output, wandb_id,
+            config["trainer.logger"] = configure_loggers(config.get("trainer.logger"), output, wandb_id, name,
                                                          default_on=self.subcommand == "fit")  # fmt: skip
 
     def after_instantiate_classes(self) -> None:
-        if self.subcommand == "test":
-            self.datamodule.require_split("test")  # one line, before any weights or images are loaded
         if self.subcommand is not None and isinstance(self.model, TransferModule):
             # The model's own config (class_path/init_args), so its checkpoints rebuild it: see TransferModule.
             model_config = yaml.safe_load(self.parser.dump(self.config, skip_none=False))[self.subcommand]["model"]
@@ -208,17 +212,6 @@ class VitkitCLI(LightningCLI):
         if trainer_config.get("enable_progress_bar", True) is not False and not has(ProgressBar):
             callbacks.append(VitkitProgressBar())
         if self.subcommand == "fit":
-            # Lightning's save_last only refreshes last.ckpt when a new best is saved; resuming needs every epoch.
-            best = self.config_init[self.subcommand].get("checkpoint")
-            callbacks.append(
-                ModelCheckpoint(
-                    dirpath=getattr(best, "dirpath", None),
-                    filename=ModelCheckpoint.CHECKPOINT_NAME_LAST,
-                    monitor=None,
-                    save_top_k=1,
-                    enable_version_counter=False,
-                )
-            )
             data = yaml.safe_load(self.parser.dump(self.config, skip_none=False))[self.subcommand].get("data")
             callbacks.append(RunInfo(data=data))
         if self.subcommand in ("fit", "validate", "test") and not has(ValidationReport):
@@ -229,10 +222,28 @@ class VitkitCLI(LightningCLI):
         plugins = list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
         if not any(isinstance(p, CheckpointIO) for p in plugins):
             plugins.append(AtomicCheckpointIO())  # crash-safe writes, weights_only reads
+        if self.subcommand == "test":
+            self.datamodule.require_split("test")  # one line, before the trainer, any weights or images
         try:
-            return super().instantiate_trainer(callbacks=callbacks, plugins=plugins, **kwargs)
+            trainer = super().instantiate_trainer(callbacks=callbacks, plugins=plugins, **kwargs)
         except (ValueError, MisconfigurationException) as err:  # devices, strategy, precision that cannot be had here
             raise VitkitError(f"trainer settings: {err}") from err
+        if self.subcommand != "fit":  # checkpointing callbacks have nothing to do there, and warn about their dirpath
+            trainer.callbacks = [c for c in trainer.callbacks if not isinstance(c, ModelCheckpoint)]
+        if self.subcommand == "fit":
+            # Lightning's save_last only refreshes last.ckpt when a new best is saved; resuming needs every epoch.
+            # Added after the best checkpoint's callback, so last.ckpt holds that epoch's best-model state.
+            best = self.config_init[self.subcommand].get("checkpoint")
+            trainer.callbacks.append(
+                ModelCheckpoint(
+                    dirpath=getattr(best, "dirpath", None),
+                    filename=ModelCheckpoint.CHECKPOINT_NAME_LAST,
+                    monitor=None,
+                    save_top_k=1,
+                    enable_version_counter=False,
+                )
+            )
+        return trainer
 
 
 def _check_strategy(strategy: Any, accelerator: Any) -> None:
@@ -247,6 +258,13 @@ def _check_strategy(strategy: Any, accelerator: Any) -> None:
         )
 
 
+def default_root(argv: list[str]) -> str:
+    """Where runs go unless ``trainer.default_root_dir`` says: ``runs/<recipe name>`` (the last ``--config``'s file
+    name, so a copied recipe gets its own runs), else ``runs``."""
+    configs = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a in ("-c", "--config") and Path(argv[i + 1]).is_file()]
+    return f"{DEFAULT_ROOT}/{Path(configs[-1]).stem}" if configs else DEFAULT_ROOT
+
+
 def resolve_argv(argv: list[str]) -> list[str]:
     """Named recipes to their files, and ``--ckpt_path last|best`` to the latest run's checkpoint."""
     argv = _with_logger_save_dir(recipes.resolve_config_args(argv))
@@ -257,7 +275,8 @@ def resolve_argv(argv: list[str]) -> list[str]:
         if dirpath and Path(dirpath, "last.ckpt").is_file():  # checkpoints kept outside the run folders
             found = str(Path(dirpath, "last.ckpt") if which == "last" else best_checkpoint(Path(dirpath, "last.ckpt")))
         else:
-            found = str(find_checkpoint(Path(root or DEFAULT_ROOT).expanduser(), which))
+            found = str(find_checkpoint(Path(root or default_root(argv)).expanduser(), which, argv[:1] == ["fit"]))
+        _say(f"--ckpt_path {which}: {found}")
         argv = [found if a == which and i and argv[i - 1] == "--ckpt_path" else a for i, a in enumerate(argv)]
         argv = [f"--ckpt_path={found}" if a == f"--ckpt_path={which}" else a for a in argv]
     return argv
@@ -321,10 +340,8 @@ def _from_configs(argv: list[str], section: str, key: str) -> str | None:
 
 def _say(message: str) -> None:
     """A line for the user from the first process only."""
-    from lightning.pytorch.utilities import rank_zero_info
-
     if not is_launched_process():
-        rank_zero_info(f"vitkit: {message}")
+        print(f"vitkit: {message}", file=sys.stderr, flush=True)
 
 
 class _Quiet(logging.Filter):
@@ -339,6 +356,11 @@ class _Quiet(logging.Filter):
         return "litlogger" not in text and not (self.seed_too and text.startswith("Seed set to"))
 
 
+def _one_line_warning(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> str:
+    """Warnings as ``UserWarning: text``, without the source line that Python prints under them."""
+    return f"{category.__name__}: {message}\n"
+
+
 def main(args: list[str] | None = None) -> None:
     """Entry point of the ``vitkit`` console script."""
     argv = list(sys.argv[1:] if args is None else args)
@@ -347,8 +369,14 @@ def main(args: list[str] | None = None) -> None:
     logging.getLogger("lightning.fabric.utilities.seed").addFilter(quiet)
     # Lightning 2.6 on torch >= 2.10 warns about its own pytree use on every step; nothing a user can act on.
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
-    # The CLI re-creates the checkpointing callbacks itself; Lightning's reminder to do so is noise here.
-    warnings.filterwarnings("ignore", message=r"Be aware that when using `ckpt_path`, callbacks used to create")
+    # The CLI re-creates the checkpointing callbacks itself; Lightning's reminder to do so is noise here. So are: the
+    # run folder's checkpoints when resuming it; a small dataset's epoch shorter than the logging interval (metrics
+    # are logged per epoch anyway); the model summary's FLOP count, which it cannot make under bf16.
+    for noise in (r"Be aware that when using `ckpt_path`, callbacks used to create", r"Checkpoint directory .* exists "
+                  r"and is not empty", r"The number of training batches \(\d+\) is smaller than the logging interval",
+                  r"Precision .* is not supported by the model summary"):  # fmt: skip
+        warnings.filterwarnings("ignore", message=noise)
+    warnings.formatwarning = _one_line_warning
     try:
         if argv[:1] == ["check-data"]:
             from vitkit.data.check import check_data_main

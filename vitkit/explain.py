@@ -168,7 +168,8 @@ def explain_images(
 ) -> list[Path]:
     """Write a PNG for each image into ``output``: the attention map over the image as the model sees it
     (resized and cropped), captioned with the prediction. Files are named by the image's path below the images'
-    common folder (``a/b.jpg`` gives ``a__b.png``). Return the written paths."""
+    common folder (``a/b.jpg`` gives ``a__b.png``; ``a__b.jpg.png`` when another image is ``a/b.png``). Return the
+    written paths."""
     from timm.data import create_transform
 
     config = model.data_config
@@ -176,6 +177,10 @@ def explain_images(
     mean = torch.tensor(config["mean"]).view(3, 1, 1)
     std = torch.tensor(config["std"]).view(3, 1, 1)
     root = os.path.commonpath([p.absolute().parent for p in paths])
+    relative = [Path(os.path.relpath(p.absolute(), root)) for p in paths]
+    stems = ["__".join(r.with_suffix("").parts) for r in relative]
+    unique = [stem if stems.count(stem) == 1 else "__".join(r.parts) for r, stem in zip(relative, stems, strict=True)]
+    names = {path: f"{name}.png" for path, name in zip(paths, unique, strict=True)}
     model = model.eval().to(device)
     output.mkdir(parents=True, exist_ok=True)
     written = []
@@ -187,8 +192,7 @@ def explain_images(
         for path, image, heat, prediction in zip(chunk, images, maps.cpu(), predictions, strict=True):
             pixels = ((image * std + mean).clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
             picture = _captioned(overlay(pixels, heat.numpy(), alpha), model.task.describe(prediction, top_k=1))
-            name = Path(os.path.relpath(path.absolute(), root))
-            target = output / ("__".join(name.with_suffix("").parts) + ".png")
+            target = output / names[path]
             picture.save(target)
             written.append(target)
     return written

@@ -87,6 +87,7 @@ def export_metadata(model: nn.Module, output: Path, format: str) -> dict[str, An
         "format": format,
         "file": output.name,
         "model_name": getattr(model.backbone, "model_name", None),
+        "model_kwargs": getattr(model.backbone, "model_kwargs", None),
         "input_name": INPUT_NAME,
         "output_name": OUTPUT_NAME,
         "input_size": list(config["input_size"]),

@@ -67,10 +67,13 @@ def _online_blocker(timeout: float) -> str | None:
     return None
 
 
-def configure_loggers(config: Any, folder: Path, wandb_id: str | None = None, default_on: bool = True) -> Any:
+def configure_loggers(
+    config: Any, folder: Path, wandb_id: str | None = None, name: str | None = None, default_on: bool = True
+) -> Any:
     """A recipe's ``trainer.logger`` config with every logger's files put in ``folder`` (the run folder).
 
-    W&B keeps its ``wandb/`` folder there (and continues run ``wandb_id`` when resuming); CSV and TensorBoard loggers
+    W&B keeps its ``wandb/`` folder there, names the run ``name`` unless the recipe names it (e.g.
+    ``quickstart/version_3``), and continues run ``wandb_id`` when resuming; CSV and TensorBoard loggers
     write straight into ``folder`` (no ``lightning_logs/version_N`` inside a run's own version folder); other
     loggers get ``save_dir`` where they take one. Lightning's default logger (``None`` or ``True``) becomes a
     CSVLogger in ``folder`` when ``default_on``, else no logger.
@@ -79,15 +82,17 @@ def configure_loggers(config: Any, folder: Path, wandb_id: str | None = None, de
         if not default_on and config is None:
             return False
         config = Namespace(class_path="lightning.pytorch.loggers.CSVLogger", init_args=Namespace())
+        _point_at(config, folder, wandb_id, name)
+        return config
     if config is False:
         return False
     for item in config if isinstance(config, list) else [config]:
         if isinstance(item, Namespace) and item.get("class_path"):
-            _point_at(item, folder, wandb_id)
+            _point_at(item, folder, wandb_id, name)
     return config
 
 
-def _point_at(item: Namespace, folder: Path, wandb_id: str | None) -> None:
+def _point_at(item: Namespace, folder: Path, wandb_id: str | None, name: str | None) -> None:
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
     from lightning.pytorch.loggers import WandbLogger as LightningWandb
 
@@ -98,6 +103,8 @@ def _point_at(item: Namespace, folder: Path, wandb_id: str | None) -> None:
     args = item.init_args
     if issubclass(cls, LightningWandb):
         args.save_dir = str(folder)
+        if name and not args.get("name"):
+            args.name = name
         if wandb_id:
             args.id = wandb_id  # Lightning's W&B logger passes resume="allow": the same run continues
     elif issubclass(cls, (CSVLogger, TensorBoardLogger)):

@@ -119,8 +119,10 @@ class TransferModule(L.LightningModule):
         # The loss and the task's headline metric on the progress bar; the rest (F1, per-label AUROC, per-target MAE)
         # go to the logger only, so the bar stays one readable line.
         shown = {f"{stage}/loss", *(f"{stage}/{name}" for name in self.task.headline)} if stage == "val" else set()
-        self.log_dict({k: v for k, v in values.items() if k in shown}, prog_bar=True)
-        self.log_dict({k: v for k, v in values.items() if k not in shown})
+        # The values are already reduced over processes (torchmetrics); sync_dist only tells Lightning so.
+        sync = self.trainer.world_size > 1
+        self.log_dict({k: v for k, v in values.items() if k in shown}, prog_bar=True, sync_dist=sync)
+        self.log_dict({k: v for k, v in values.items() if k not in shown}, sync_dist=sync)
         metrics.reset()
         loss.reset()
 

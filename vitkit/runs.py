@@ -77,7 +77,7 @@ def run_dir_of(checkpoint: str | Path) -> Path:
     return parent.parent if parent.name == CHECKPOINTS else parent
 
 
-def find_checkpoint(root: str | Path, which: str) -> Path:
+def find_checkpoint(root: str | Path, which: str, fitting: bool = False) -> Path:
     """``last``: the ``last.ckpt`` written most recently by ``root``'s runs (``root/version_N``, else
     ``root/*/version_N``: the latest run of any recipe under ``runs/``); ``best``: that run's best checkpoint.
 
@@ -90,9 +90,10 @@ def find_checkpoint(root: str | Path, which: str) -> Path:
     lasts = [p for run in runs if (p := run / CHECKPOINTS / LAST).is_file()]
     if not lasts:
         listed = ", ".join(str(p) for p in runs[-3:]) or "no runs"
+        todo = "start a new run without --ckpt_path" if fitting else "train one with `vitkit fit`"
         raise VitkitError(
-            f"--ckpt_path {which}: no run under {root} has a checkpoint ({listed}). Start a new run without "
-            "--ckpt_path, or give the checkpoint file (or --trainer.default_root_dir of the runs) explicitly."
+            f"--ckpt_path {which}: no run under {root} has a checkpoint ({listed}): {todo}, or give a checkpoint "
+            "file (or --trainer.default_root_dir of the runs) explicitly."
         )
     last = max(lasts, key=lambda p: p.stat().st_mtime_ns)
     if which == "last":

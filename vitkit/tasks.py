@@ -247,7 +247,8 @@ class Regression(Task):
             metrics["mae_per_target"] = ClasswiseWrapper(per_target, labels=self.names, prefix="mae/")
             r2 = R2Score(multioutput="raw_values")
             metrics["r2_per_target"] = ClasswiseWrapper(r2, labels=self.names, prefix="r2/")
-        return MetricCollection(metrics)
+        # No compute groups: a wrapped R2Score would share the plain one's state and be computed un-updated.
+        return MetricCollection(metrics, compute_groups=False)
 
     def update_metrics(self, metrics: MetricCollection, outputs: torch.Tensor, targets: torch.Tensor) -> None:
         predictions = self.predict(outputs.detach())

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
+from lightning.pytorch.trainer.states import TrainerStatus
 from lightning.pytorch.utilities import rank_zero_info
 
 from vitkit.checkpoints import read_checkpoint
@@ -35,20 +36,39 @@ class VitkitTrainer(L.Trainer):
         ckpt_path: str | Path | None = None,
         weights_only: bool | None = None,
     ) -> None:
-        """Lightning's fit; then where the run folder and its best and last checkpoints are."""
-        super().fit(model, train_dataloaders, val_dataloaders, datamodule, ckpt_path, weights_only)
-        if not self.is_global_zero or self.interrupted:
+        """Lightning's fit, saying where the run's folder is when it starts, and its best and last checkpoints when it
+        ends (or how to resume it when it was interrupted).
+
+        Args:
+            ckpt_path: a checkpoint to resume, e.g. ``last`` (the latest run's last checkpoint).
+        """
+        if ckpt_path is not None and _finished(ckpt_path, self.max_epochs):
+            rank_zero_info(
+                f"vitkit: {_shown(ckpt_path)} already finished its {self.max_epochs} epochs: nothing to resume. To "
+                f"train on from its weights, start a new run with --model.backbone.init_args.weights {ckpt_path}."
+            )
             return
+        resuming = f" (resuming {_shown(ckpt_path)})" if ckpt_path else ""
+        rank_zero_info(f"vitkit: run folder: {_shown(self.default_root_dir)}{resuming}")
+        try:
+            super().fit(model, train_dataloaders, val_dataloaders, datamodule, ckpt_path, weights_only)
+        finally:  # also after Ctrl-C, which Lightning ends with SystemExit
+            if self.is_global_zero:
+                rank_zero_info(self._fit_summary())
+
+    def _fit_summary(self) -> str:
         lines = [f"run folder: {_shown(self.default_root_dir)}"]
         for callback in self.checkpoint_callbacks:
             if callback.monitor is not None and callback.best_model_path:
                 score = callback.best_model_score
                 value = f" ({callback.monitor} {float(score):.4g})" if score is not None else ""
                 lines.append(f"best checkpoint: {_shown(callback.best_model_path)}{value}")
-        for callback in self.checkpoint_callbacks:
-            if callback.monitor is None and (callback.last_model_path or callback.best_model_path):
-                lines.append(f"last checkpoint: {_shown(callback.last_model_path or callback.best_model_path)}")
-        rank_zero_info("\n".join(lines))
+        lasts = [c.last_model_path or c.best_model_path for c in self.checkpoint_callbacks if c.monitor is None]
+        lines += [f"last checkpoint: {_shown(path)}" for path in lasts if path]
+        if self.state.status == TrainerStatus.INTERRUPTED:
+            epoch = self.current_epoch
+            lines.append(f"interrupted in epoch {epoch}: resume it with the same command and --ckpt_path last")
+        return "\n".join(lines)
 
     def validate(
         self,
@@ -63,10 +83,11 @@ class VitkitTrainer(L.Trainer):
         """Lightning's validate; the metrics are also written to ``metrics.json``.
 
         Args:
+            ckpt_path: the checkpoint to score: a file, ``best`` or ``last`` (the latest run's).
             output: folder for ``metrics.json`` (and, from the CLI, the report); default ``<run folder>/validate``.
         """
         results = super().validate(model, dataloaders, ckpt_path, verbose, datamodule, weights_only)
-        return self._write_metrics("validate", results, output)
+        return self._write_metrics("validate", results, output, ckpt_path, datamodule)
 
     def test(
         self,
@@ -81,16 +102,20 @@ class VitkitTrainer(L.Trainer):
         """Lightning's test on the data's test split; the metrics are also written to ``metrics.json``.
 
         Args:
+            ckpt_path: the checkpoint to score: a file, ``best`` or ``last`` (the latest run's).
             output: folder for ``metrics.json`` (and, from the CLI, the report); default ``<run folder>/test``.
         """
         results = super().test(model, dataloaders, ckpt_path, verbose, datamodule, weights_only)
-        return self._write_metrics("test", results, output)
+        return self._write_metrics("test", results, output, ckpt_path, datamodule)
 
-    def _write_metrics(self, stage: str, results: list[Mapping[str, float]], output: str | None) -> list[Any]:
+    def _write_metrics(self, stage: str, results: list[Any], output: Any, ckpt_path: Any, datamodule: Any) -> list[Any]:
+        """``metrics.json``: the metrics, the checkpoint scored and the data it was scored on."""
         if self.is_global_zero and results:
             path = Path(output or self.default_root_dir) / "metrics.json"
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps({k: float(v) for k, v in results[0].items()}, indent=2) + "\n")
+            source = datamodule.describe_source() if hasattr(datamodule, "describe_source") else None
+            record = {**{k: float(v) for k, v in results[0].items()}, "checkpoint": str(ckpt_path), "data": source}
+            path.write_text(json.dumps(record, indent=2) + "\n")
             rank_zero_info(f"{stage} metrics written to {_shown(path)}")
         return results
 
@@ -107,6 +132,7 @@ class VitkitTrainer(L.Trainer):
         """Lightning's predict; with vitkit's CSV writer, one row per image.
 
         Args:
+            ckpt_path: the trained checkpoint: a file, ``best`` or ``last`` (the latest run's).
             output: the CSV file; default ``<run folder>/predictions/<folder name, or test/val>.csv``.
         """
         writers = [c for c in self.callbacks if isinstance(c, CSVPredictionWriter)]
@@ -199,17 +225,28 @@ class VitkitTrainer(L.Trainer):
                 layer's attention from the class token).
             head_fusion: combine the heads' attention by ``mean`` or ``max``.
             alpha: opacity of the heat map over the image.
-            output: folder for the PNGs; default ``<run folder>/attention``.
+            output: folder for the PNGs; default ``<run folder>/attention/<folder name>`` (``images`` for files).
         """
         from vitkit.explain import explain_images
 
         load_weights(model, ckpt_path)
-        paths = _image_paths([images] if isinstance(images, str) else images)
-        folder = Path(output) if output else Path(self.default_root_dir) / "attention"
+        items = [images] if isinstance(images, str) else list(images)
+        paths = _image_paths(items)
+        source = Path(items[0]).resolve().name if len(items) == 1 and Path(items[0]).is_dir() else "images"
+        folder = Path(output) if output else Path(self.default_root_dir) / "attention" / source
         device = self.strategy.root_device
         written = explain_images(model, paths, folder, method, head_fusion, alpha, device=device)
-        print(f"wrote {len(written)} attention maps ({method}) to {folder}")
+        print(f"wrote {len(written)} attention maps ({method}) to {_shown(folder)}")
         return written
+
+
+def _finished(ckpt_path: str | Path, max_epochs: int | None) -> bool:
+    """Whether the checkpoint is the end of a run of ``max_epochs`` epochs (resuming it would train nothing)."""
+    if not max_epochs or max_epochs < 0 or not Path(ckpt_path).is_file():
+        return False
+    checkpoint = read_checkpoint(ckpt_path, mmap=True)
+    loop = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_progress", {}).get("current", {})
+    return loop.get("processed", checkpoint.get("epoch", -1) + 1) >= max_epochs  # epochs trained and validated
 
 
 def _shown(path: str | Path) -> str:

@@ -177,14 +177,15 @@ class ImageDataModule(L.LightningDataModule):
             sampler = UnrepeatedDistributedSampler(
                 dataset, num_replicas=self.trainer.world_size, rank=self.trainer.global_rank, shuffle=False
             )
+        workers = min(self.num_workers, _cpus())  # a GPU recipe's 8 workers on a 2-core laptop: 2
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
             shuffle=shuffle,
             sampler=sampler,
-            num_workers=self.num_workers,
+            num_workers=workers,
             pin_memory=torch.cuda.is_available(),
-            persistent_workers=self.num_workers > 0,
+            persistent_workers=workers > 0,
         )
 
     def train_dataloader(self) -> DataLoader:
@@ -198,3 +199,8 @@ class ImageDataModule(L.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader("predict")
+
+
+def _cpus() -> int:
+    """CPUs this process may use (the affinity mask, as in containers), else all."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
