@@ -96,10 +96,10 @@ def test_predict_from_checkpoint_writes_a_csv_of_classes(fitted, shapes_root, tm
         fitted / "checkpoints" / "last.ckpt",
         "--trainer.logger",
         "false",
-        "--trainer.default_root_dir",
-        tmp_path,
+        "--output",
+        tmp_path / "circle.csv",
     )
-    with open(tmp_path / "predictions" / "circle.csv") as f:
+    with open(tmp_path / "circle.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 24
     assert {r["prediction"] for r in rows} <= {"circle", "cross", "square", "triangle"}

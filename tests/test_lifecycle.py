@@ -178,8 +178,8 @@ def test_resuming_with_no_checkpoint_stops_instead_of_starting_over(tmp_path):
     result = vitkit(*fit_command("--ckpt_path", "last"), cwd=folder, check=False)
     assert result.returncode == 2
     assert result.stderr.strip() == (
-        "vitkit: error: --ckpt_path last: no run under runs/quickstart has a checkpoint (no runs). Start a new run "
-        "without --ckpt_path, or give the checkpoint file (or --trainer.default_root_dir of the runs) explicitly."
+        "vitkit: error: --ckpt_path last: no run under runs/quickstart has a checkpoint (no runs): start a new run "
+        "without --ckpt_path, or give a checkpoint file (or --trainer.default_root_dir of the runs) explicitly."
     )
     assert sorted(p.name for p in folder.iterdir()) == ["my_images"]
 
