@@ -66,7 +66,7 @@ def check_data(data: ImageDataModule, workers: int | None = None) -> DataReport:
     splits = data.splits  # raises DataError on bad folders and manifests, naming the path or rows
     samples = {s: splits.get(s) for s in SPLITS if splits.get(s) is not None}
     paths = list(dict.fromkeys(p for split in samples.values() for p, _ in split))
-    scanned = scan_images(paths, workers=workers or os.cpu_count() or 1)
+    scanned = scan_images(paths, workers=workers or os.cpu_count() or 1, cache=data.scan_cache)
     report = DataReport(type(data).__name__, list(data.class_names or []), samples)
     for path, result in scanned.items():
         if isinstance(result, str):
