@@ -216,6 +216,10 @@ def main(args: list[str] | None = None) -> None:
     try:
         if argv[:1] == ["check-data"]:
             raise SystemExit(check_data_main(argv[1:]))
+        if argv[:1] == ["shard"]:
+            from vitkit.data.shard import shard_main
+
+            raise SystemExit(shard_main(argv[1:]))
         VitkitCLI(
             TransferModule,
             ImageDataModule,
