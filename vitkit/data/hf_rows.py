@@ -230,30 +230,26 @@ class HFStream(IterableDataset):
     def __iter__(self) -> Iterator[Any]:
         worker = get_worker_info()
         tag = f"{self.name}/worker{worker.id if worker else 0}"
-        produced, rounds = 0, 0
+        produced, count = 0, 0
+        batch: list[Any] = []
         while True:
             self.stream.set_epoch(self.epoch)
             self.epoch += 1
-            rounds += 1
-            batch: list[Any] = []
-            seen = 0
-            for n, row in enumerate(self.stream):
-                seen += 1
+            start = count
+            for row in self.stream:
                 cell = row.get(self.image_column)
-                key = cell["path"] if cell and not cell.get("bytes") and cell.get("path") else f"{tag}/{n}"
-                target = self.coder.encode(row) if self.decoder.labelled else None
-                sample = self.decoder(_source(cell), target, key)
+                key = cell["path"] if cell and not cell.get("bytes") and cell.get("path") else f"{tag}/{count}"
+                count += 1
+                sample = self.decoder(_source(cell), self.coder.encode(row) if self.decoder.labelled else None, key)
                 if sample is None:
                     continue
                 batch.append(sample)
                 if len(batch) == self.batch_size:
                     yield default_collate(batch)
                     batch, produced = [], produced + 1
-                    if self.batches is not None and produced == self.batches:
+                    if produced == self.batches:
                         return
-            if self.batches is None:
-                if batch:
+            if self.batches is None or count == start:  # one pass; or a stream with nothing in it
+                if batch and self.batches is None:
                     yield default_collate(batch)
-                return
-            if seen == 0:
                 return
