@@ -132,16 +132,16 @@ def with_bad_rows(tmp_path) -> Path:
 
 
 def test_bad_rows_are_named_before_training_and_the_scan_is_remembered(with_bad_rows, monkeypatch):
-    with pytest.raises(DataError, match=r"2 of 4 train images cannot be read") as err:
-        HFDatasetDataModule(str(with_bad_rows), **SMALL).setup("fit")
-    assert "train[1]: " in str(err.value) and "train[2]: " in str(err.value)
-    checked: list[object] = []
-    monkeypatch.setattr(hf_rows, "check_image", lambda source: checked.append(source) or "never")
     with pytest.warns(UserWarning, match="skipped 2 of 4 train images"):
         data = HFDatasetDataModule(str(with_bad_rows), on_bad_image="skip", **SMALL)
         data.setup("fit")
-    assert checked == []  # the Arrow files did not change: the scan comes from the cache
     assert data.datasets["train"].rows.tolist() == [0, 3]
+    checked: list[object] = []
+    monkeypatch.setattr(hf_rows, "check_image", lambda source: checked.append(source) or "never")
+    with pytest.raises(DataError, match=r"2 of 4 train images cannot be read") as err:
+        HFDatasetDataModule(str(with_bad_rows), **SMALL).setup("fit")
+    assert "train[1]: " in str(err.value) and "train[2]: " in str(err.value)
+    assert checked == []  # the Arrow files did not change: the findings come from the cache
 
 
 def test_scan_is_split_between_processes(with_bad_rows, monkeypatch):
