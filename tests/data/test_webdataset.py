@@ -96,6 +96,22 @@ def test_each_sample_once_per_epoch_over_two_processes_and_two_workers(shards, m
     assert epochs[0][0] != epochs[1][0]  # reshuffled
 
 
+def test_evaluation_with_fewer_shards_than_processes_splits_by_sample(shards, monkeypatch):
+    """One val shard, two processes: both read it and keep alternate samples, so neither is left without data."""
+    seen = {}
+    for rank in (0, 1):
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        data = WebDatasetDataModule(None, str(shards / "val-000000.tar"), batch_size=3, num_workers=2, **SMALL)
+        data.trainer = SimpleNamespace(world_size=2, global_rank=rank, lightning_module=None)
+        data.setup("validate")
+        loader = data.val_dataloader()
+        batches = list(loader)
+        assert len(loader) == len(batches) == 2  # 5 samples for each process: batches of 3 and 2
+        seen[rank] = keys_of(batches)
+    assert len(seen[0]) == len(seen[1]) == 5 and not set(seen[0]) & set(seen[1])
+
+
 def test_even_shards_give_every_sample_exactly_once(tmp_path, shapes_root):
     data = ClassFolderDataModule(shapes_root, val_fraction=0.25, seed=0)  # 72 train images
     write_shards(data, tmp_path, maxcount=9)  # 8 shards of 9

@@ -103,31 +103,49 @@ class WebDatasetDataModule(ImageDataModule):
         return stream_loader(dataset, self.num_workers)
 
     def _pipeline(self, urls: list[str], split: str) -> IterableDataset:
-        """split_by_node -> split_by_worker -> (shuffled shards) -> samples -> (shuffle) -> decode -> batches."""
+        """shards -> split by process and worker -> (shuffled) -> samples -> (shuffled) -> decoded -> batches.
+
+        Evaluation with fewer shards than processes splits by sample instead (every process reads all shards and
+        keeps every n-th sample), so that no process is left without data."""
         wds = require("webdataset", "webdataset")
         train = split == "train"
-        skip = self.on_bad_image == "skip"
+        world, rank = self._world()
+        workers = max(1, self.num_workers)
+        by_sample = not train and world > max(1, len(urls))
         decoder = StreamDecoder(self.transform(train), self.on_bad_image, f"the {split} shards", split != "predict")
-        stages: list[Any] = [wds.SimpleShardList(urls), wds.split_by_node, wds.split_by_worker]
+        handler = wds.warn_and_continue if self.on_bad_image == "skip" else wds.reraise_exception
+        by_node = [] if by_sample else [wds.split_by_node]
+        stages: list[Any] = [wds.SimpleShardList(urls), *by_node, wds.split_by_worker]
         if train:
             stages.append(wds.detshuffle(len(urls), initial=len(urls), seed=self.seed))
-        stages.append(wds.tarfile_to_samples(handler=wds.warn_and_continue if skip else wds.reraise_exception))
+        stages.append(wds.tarfile_to_samples(handler=handler))
+        if by_sample:
+            stages.append(wds.slice(rank, None, world))
         if train:
             stages.append(wds.detshuffle(self.shuffle_buffer, initial=self.shuffle_buffer // 2, seed=self.seed))
         stages.append(_Decode(decoder, self.image_keys, self.label_key))
         stages.append(wds.batched(self.batch_size, collation_fn=default_collate, partial=not train))
         pipeline = wds.DataPipeline(*stages)
-        world, rank = self._world()
-        workers = max(1, self.num_workers)
         if train:
             batches = self._batches_per_worker(urls, world, workers)
             return pipeline.with_epoch(nbatches=batches).with_length(batches * workers, silent=True)
+        lengths = self._eval_batches(urls, world, workers, by_sample)
+        # Lightning compares lengths across processes: give one only where every process has batches.
+        return pipeline.with_length(lengths[rank], silent=True) if lengths and min(lengths) > 0 else pipeline
+
+    def _eval_batches(self, urls: list[str], world: int, workers: int, by_sample: bool) -> list[int] | None:
+        """Each process's number of evaluation batches, where the shard sizes are known."""
         sizes = self._sizes(urls, required=False)
-        if sizes is not None:  # this process's exact number of batches, for the progress bar
-            slots = [urls[rank::world][w::workers] for w in range(workers)]
-            length = sum(-(-sum(sizes[u] for u in slot) // self.batch_size) for slot in slots)
-            pipeline = pipeline.with_length(length, silent=True)
-        return pipeline
+        if sizes is None:
+            return None
+        lengths = []
+        for rank in range(world):
+            shards = urls if by_sample else urls[rank::world]
+            counts = [sum(sizes[u] for u in shards[w::workers]) for w in range(workers)]
+            if by_sample:
+                counts = [len(range(rank, count, world)) for count in counts]
+            lengths.append(sum(-(-count // self.batch_size) for count in counts))
+        return lengths
 
     def _batches_per_worker(self, urls: list[str], world: int, workers: int) -> int:
         """Training batches each (process, worker) yields per epoch: what the smallest share of shards fills."""
