@@ -12,6 +12,7 @@ start-up of the code in ``--before`` (a vitkit checkout without the scan cache, 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -69,10 +70,8 @@ def bench_scan(paths: list[Path], cache: Path, workers: int) -> dict[str, float]
     from vitkit.data.images import _decode, find_unreadable
 
     def full(path: Path) -> None:
-        try:
+        with contextlib.suppress(Exception):
             _decode(path)
-        except Exception:
-            pass
 
     def old_scan() -> None:
         with ThreadPoolExecutor(workers) as pool:
@@ -96,7 +95,7 @@ def first_step(code: Path, root: Path, cache: Path, devices: int, workdir: Path)
                "--data.init_args.root", str(root), "--data.init_args.num_workers", "2",
                "--data.init_args.val_fraction", "0.01", "--trainer.accelerator", "cpu",
                "--trainer.devices", str(devices), "--trainer.strategy", "ddp" if devices > 1 else "auto",
-               "--trainer.logger", "false", "--trainer.enable_checkpointing", "false", "--trainer.max_steps", "1",
+               "--trainer.logger", "false", "--trainer.max_steps", "1",
                "--trainer.limit_val_batches", "0", "--trainer.callbacks+", "vitkit_bench_first_step.FirstStep",
                "--trainer.default_root_dir", str(workdir / "run")]  # fmt: skip
     result = subprocess.run(command, env=env, capture_output=True, text=True, cwd=workdir, timeout=3600)
@@ -127,6 +126,16 @@ def synthetic_image(path: object) -> torch.Tensor:
     return torch.zeros(3, 8, 8)
 
 
+def _watch_children(readings: list, done: threading.Event) -> None:
+    """Every 0.5 s, the USS and PSS (MiB) of this process's children (the DataLoader workers)."""
+    me = psutil.Process()
+    while not done.is_set():
+        with contextlib.suppress(psutil.Error):
+            infos = [c.memory_full_info() for c in me.children()]
+            readings.append([(i.uss / 2**20, i.pss / 2**20) for i in infos])
+        time.sleep(0.5)
+
+
 def worker_memory(rows: int, workers: int, batch_size: int) -> dict[str, dict[str, float]]:
     """Worker USS and PSS (MiB) after the first batches and at the end of one epoch over ``rows`` samples
     (4 regression targets each, as a manifest gives), for the list-based and the array-based dataset."""
@@ -139,23 +148,12 @@ def worker_memory(rows: int, workers: int, batch_size: int) -> dict[str, dict[st
     for name, dataset in (("list of tuples (before)", ListDataset(samples, synthetic_image)),
                           ("numpy arrays (SampleArray)", images.ImageDataset(samples))):  # fmt: skip
         loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, shuffle=True)
-        me = psutil.Process()
         readings: list[list[tuple[float, float]]] = []
         done = threading.Event()
-
-        def watch() -> None:
-            while not done.is_set():
-                try:
-                    infos = [c.memory_full_info() for c in me.children()]
-                    readings.append([(i.uss / 2**20, i.pss / 2**20) for i in infos])
-                except psutil.Error:
-                    pass
-                time.sleep(0.5)
-
-        watcher = threading.Thread(target=watch, daemon=True)
+        watcher = threading.Thread(target=_watch_children, args=(readings, done), daemon=True)
         start = time.perf_counter()
         for step, _ in enumerate(loader):
-            if step == 20:
+            if step == 0:
                 watcher.start()
         done.set()
         watcher.join()
@@ -182,11 +180,11 @@ def throughput(root: Path, workdir: Path, images: int, workers: int, batch_size:
     common = {"batch_size": batch_size, "num_workers": workers, "data_config": {"input_size": (3, 32, 32)}}
     subset = workdir / "subset"
     if not subset.exists():
-        for i, path in enumerate(sorted(root.rglob("*.jpg"))[:images]):
+        for path in sorted(root.rglob("*.jpg"))[:images]:
             (subset / path.parent.name).mkdir(parents=True, exist_ok=True)
             os.link(path, subset / path.parent.name / path.name)
     folder = ClassFolderDataModule(subset, val_fraction=0.01, **common)
-    shard_s, _ = timed(write_shards, folder, workdir / "shards", maxcount=2000)
+    shard_s, _ = timed(write_shards, folder, workdir / "shards", maxcount=max(1, images // 16))
     count = len(list((workdir / "shards").glob("train-*.tar")))
     shards = WebDatasetDataModule(f"{workdir}/shards/train-{{000000..{count - 1:06d}}}.tar", None, **common)
     train = folder.samples("train")

@@ -9,7 +9,6 @@ import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
-import datasets
 import numpy as np
 import pytest
 import torch
@@ -19,6 +18,7 @@ import vitkit.data.hf_rows as hf_rows
 import vitkit.data.images as images
 from vitkit import ClassFolderDataModule, DataError, HFDatasetDataModule
 
+datasets = pytest.importorskip("datasets")  # the 'hf' extra
 SMALL = {"data_config": {"input_size": (3, 16, 16)}, "num_workers": 0, "batch_size": 4}
 
 

@@ -19,6 +19,7 @@ from vitkit import ClassFolderDataModule, DataError, ManifestDataModule, WebData
 from vitkit.data.shard import shard_main, write_shards
 from vitkit.synthetic import make_multilabel_manifest
 
+pytest.importorskip("webdataset")
 SMALL = {"data_config": {"input_size": (3, 16, 16)}}
 
 

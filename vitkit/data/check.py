@@ -11,6 +11,7 @@ from typing import Any
 
 from vitkit.data.base import ImageDataModule
 from vitkit.data.images import ImageInfo, scan_images
+from vitkit.errors import DataError
 
 SPLITS = ("train", "val", "test")
 _MODES = {"L": "grayscale", "LA": "grayscale+alpha", "P": "palette", "RGBA": "RGBA", "CMYK": "CMYK"}
@@ -65,6 +66,11 @@ def check_data(data: ImageDataModule, workers: int | None = None) -> DataReport:
     """Scan ``data`` as training would (folder / manifest checks, then every image decoded) and report on it."""
     splits = data.splits  # raises DataError on bad folders and manifests, naming the path or rows
     samples = {s: splits.get(s) for s in SPLITS if splits.get(s) is not None}
+    if not samples:
+        raise DataError(
+            f"{type(data).__name__} has no image files to check: check-data reads class folders and CSV manifests "
+            "(Hugging Face datasets are scanned when training starts; shards are checked as they are read)."
+        )
     paths = list(dict.fromkeys(p for split in samples.values() for p, _ in split))
     scanned = scan_images(paths, workers=workers or os.cpu_count() or 1, cache=data.scan_cache)
     report = DataReport(type(data).__name__, list(data.class_names or []), samples)

@@ -202,7 +202,7 @@ class HFDatasetDataModule(ImageDataModule):
         if train:
             stream = stream.shuffle(seed=self.seed, buffer_size=self.shuffle_buffer)
         stream = split_dataset_by_node(stream, rank=rank, world_size=world)
-        self._stream_workers = max(0, min(self.num_workers, stream.num_shards))
+        self._stream_workers = max(0, min(self.num_workers, stream.n_shards))
         decoder = StreamDecoder(self.transform(train), self.on_bad_image, f"{self.path} {source}", split != "predict")
         batches = self._stream_batches(source, world) if train else None
         name = f"{self.split_names[source]}/rank{rank}"

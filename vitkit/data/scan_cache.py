@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import time
 import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -61,7 +62,11 @@ class ScanCache:
     def open(cls) -> ScanCache | None:
         """The user's cache, or None (with a warning) where it cannot be opened, e.g. a read-only home folder."""
         try:
-            return cls()
+            try:
+                return cls()
+            except sqlite3.OperationalError:  # e.g. locked while another process creates it: once more
+                time.sleep(0.5)
+                return cls()
         except (OSError, sqlite3.Error) as err:
             message = f"vitkit: scan cache off ({cache_dir()}: {err}); set VITKIT_CACHE_DIR to a writable folder."
             warnings.warn(message, stacklevel=2)
