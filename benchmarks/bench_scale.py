@@ -86,6 +86,24 @@ def bench_scan(paths: list[Path], cache: Path, workers: int) -> dict[str, float]
     return results
 
 
+def bench_draft(workdir: Path, images: int, workers: int, size: int = 192) -> dict[str, float]:
+    """Seconds to check ``images`` photo-sized JPEGs by a full decode and by the 1/8-scale draft decode."""
+    from vitkit.data.images import _decode, check_image
+    from vitkit.synthetic import draw_shape
+
+    folder = workdir / f"photos{size}"
+    if not folder.exists():
+        folder.mkdir(parents=True)
+        rng = np.random.default_rng(0)
+        for i in range(images):
+            draw_shape(rng, "circle", size).save(folder / f"{i:05d}.jpg", quality=90)
+    paths = sorted(folder.glob("*.jpg"))
+    with ThreadPoolExecutor(workers) as pool:
+        full_s, _ = timed(lambda: list(pool.map(_decode, paths)))
+        draft_s, _ = timed(lambda: list(pool.map(check_image, paths)))
+    return {f"full decode of {images} {size}px JPEGs": full_s, "draft (1/8 scale) check": draft_s}
+
+
 def first_step(code: Path, root: Path, cache: Path, devices: int, workdir: Path) -> float:
     """Seconds from `vitkit fit` start to its first training batch, with ``code`` on PYTHONPATH."""
     (workdir / "vitkit_bench_first_step.py").write_text(FIRST_STEP)
@@ -216,7 +234,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--before", type=Path, default=None, help="a vitkit checkout to time start-up against")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/vitkit-bench-scale"))
-    parser.add_argument("--only", nargs="*", default=["scan", "startup", "memory", "throughput"])
+    parser.add_argument("--only", nargs="*", default=["scan", "draft", "startup", "memory", "throughput"])
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     root = args.workdir / f"folder{args.images}"
@@ -227,6 +245,9 @@ def main() -> None:
     if "scan" in args.only:
         report["scan"] = bench_scan(paths, args.workdir / "cache-scan", args.workers)
         print(json.dumps(report["scan"], indent=1), flush=True)
+    if "draft" in args.only:
+        report["draft"] = bench_draft(args.workdir, 2000, args.workers)
+        print(json.dumps(report["draft"], indent=1), flush=True)
     if "startup" in args.only:
         startup = {}
         for label, code in (("before", args.before), ("after", REPO)):

@@ -7,6 +7,7 @@ import csv
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -90,6 +91,12 @@ def test_webdataset_under_ddp_sees_each_shard_once_per_epoch_and_predicts_each_s
         f"val/{p.relative_to(forms['folder'] / 'val').with_suffix('')}" for p in (forms["folder"] / "val").rglob("*.*")
     )
     assert all(r["target"] == r["path"].split("/")[1] for r in rows)  # class names from classes.txt
+    vitkit("embed", "--ckpt_path", checkpoint, *data_args("webdataset", forms), *CPU, *DDP,
+           "--data.init_args.num_workers", "2", "--output", tmp_path / "emb")  # fmt: skip
+    with open(tmp_path / "emb.csv") as f:
+        embedded = [r["path"] for r in csv.DictReader(f)]
+    assert sorted(embedded) == sorted(r["path"] for r in rows)
+    assert np.load(tmp_path / "emb.npy").shape == (40, 192)
 
 
 def test_hf_dataset_validates_the_same_on_two_processes_and_embeds(forms, tmp_path):

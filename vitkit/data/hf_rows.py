@@ -178,14 +178,18 @@ class HFImageDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[Any, Any]:
         row = int(self.rows[index])
-        image, target, _ = self.decoder(_source(self.images[row][self.image_column]), self.target(row), self.key(row))
+        cell = self.images[row][self.image_column]
+        image, target, _ = self.decoder(_source(cell), self.target(row), self._key(row, cell))
         return image, target
 
     def target(self, row: int) -> Any:
         return self.targets[row].tolist()
 
     def key(self, row: int) -> str:
-        cell = self.images[row][self.image_column]
+        """The image's file path where the row only refers to a file, else ``split[row]``."""
+        return self._key(row, self.images[row][self.image_column])
+
+    def _key(self, row: int, cell: dict[str, Any] | None) -> str:
         return cell["path"] if cell and not cell.get("bytes") and cell.get("path") else f"{self.split}[{row}]"
 
 

@@ -50,7 +50,9 @@ def write_shards(
         written[split] = []
         for start in range(0, len(samples), maxcount):
             shard = output / f"{split}-{start // maxcount:06d}.tar"
-            with wds.TarWriter(str(shard)) as tar:
+            # An integer mtime keeps the headers plain ustar (a float one adds a PAX header to every file, which
+            # costs readers time) and makes the same data give byte-identical shards.
+            with wds.TarWriter(str(shard), mtime=0) as tar:
                 chunk = zip(samples[start : start + maxcount], keys[start : start + maxcount], strict=True)
                 for (path, target), key in chunk:
                     tar.write({"__key__": key, **_image_entry(Path(path)), "cls": _label(target)})
