@@ -187,9 +187,12 @@ def worker_memory(rows: int, workers: int, batch_size: int) -> dict[str, dict[st
     return results
 
 
-def throughput(root: Path, workdir: Path, images: int, workers: int, batch_size: int) -> dict[str, float]:
+def throughput(
+    root: Path, workdir: Path, images: int, workers: int, batch_size: int, repeats: int = 3
+) -> dict[str, float]:
     """Training-loader images/s over one epoch of ``images`` files as class folders, WebDataset shards (written by
-    write_shards) and a Hugging Face dataset (save_to_disk, images embedded), with the same timm transforms."""
+    write_shards) and a Hugging Face dataset (save_to_disk, images embedded), with the same timm transforms; the
+    median of ``repeats`` alternating epochs."""
     import datasets
 
     from vitkit import ClassFolderDataModule, HFDatasetDataModule, WebDatasetDataModule
@@ -213,16 +216,20 @@ def throughput(root: Path, workdir: Path, images: int, workers: int, batch_size:
     hf_s, _ = timed(lambda: datasets.DatasetDict({"train": table, "validation": table.select(range(10))}).save_to_disk(
         str(workdir / "hf")))  # fmt: skip
     hf = HFDatasetDataModule(str(workdir / "hf"), **common)
-    results = {"write shards (s)": shard_s, "save_to_disk (s)": hf_s}
-    for name, data in (("class folders", folder), ("WebDataset shards", shards), ("HF dataset", hf)):
+    results: dict[str, float] = {"write shards (s)": shard_s, "save_to_disk (s)": hf_s}
+    forms = {"class folders": folder, "WebDataset shards": shards, "HF dataset": hf}
+    rates: dict[str, list[float]] = {name: [] for name in forms}
+    for data in forms.values():
         data.setup("fit")
-        loader = data.train_dataloader()
-        seen, start = 0, None
-        for step, batch in enumerate(loader):
-            if step == 2:
-                seen, start = 0, time.perf_counter()
-            seen += len(batch[0])
-        results[name] = seen / (time.perf_counter() - start)
+    for _ in range(repeats):  # alternating, fresh workers each time; medians below
+        for name, data in forms.items():
+            seen, start = 0, 0.0
+            for step, batch in enumerate(data.train_dataloader()):
+                if step == 2:
+                    seen, start = 0, time.perf_counter()
+                seen += len(batch[0])
+            rates[name].append(seen / (time.perf_counter() - start))
+    results.update({name: float(np.median(r)) for name, r in rates.items()})
     return results
 
 

@@ -117,51 +117,54 @@ def scan_images(paths: Sequence[Path], workers: int = 1, cache: bool = True) -> 
     With ``cache``, results are remembered by path, size and mtime (:mod:`vitkit.data.scan_cache`): only files
     that are new or changed since an earlier scan are decoded; the others cost a ``stat``.
     """
-    return _scan(paths, workers, cache, infos=True)
+    return dict(zip(paths, _scan(paths, workers, cache, infos=True), strict=True))
 
 
 def find_unreadable(paths: Sequence[Path], workers: int = 1, cache: bool = True) -> dict[Path, str]:
     """``{path: reason}`` for each file that :func:`load_image` cannot decode (see :func:`scan_images`)."""
-    return {path: result for path, result in _scan(paths, workers, cache, infos=False).items() if result is not None}
+    results = _scan(paths, workers, cache, infos=False)
+    return {path: result for path, result in zip(paths, results, strict=True) if result is not None}
 
 
-def _scan(paths: Sequence[Path], workers: int, cache: bool, infos: bool) -> dict[Path, Any]:
-    """``{path: ImageInfo or reason}``; without ``infos``, ``{path: reason or None}``."""
+def _scan(paths: Sequence[Path], workers: int, cache: bool, infos: bool) -> list[Any]:
+    """Per path, its ImageInfo or the reason it cannot be read; without ``infos``, the reason or None."""
     from vitkit.data.scan_cache import ScanCache
 
-    results: dict[Path, Any] = {}
+    results: list[Any] = [None] * len(paths)
     stats: dict[str, tuple[int, int]] = {}
-    keys: dict[Path, str] = {}
-    for path in paths:
-        key = os.path.abspath(path)
+    keys: list[str | None] = [None] * len(paths)
+    for i, path in enumerate(paths):
+        name = os.fspath(path)
+        key = name if name.startswith(os.sep) else os.path.abspath(name)  # abspath only where needed: 1M calls
         try:
             stat = os.stat(key)
         except OSError as err:
-            results[path] = f"{type(err).__name__}: {err}"
+            results[i] = f"{type(err).__name__}: {err}"
             continue
-        keys[path], stats[key] = key, (stat.st_size, stat.st_mtime_ns)
+        keys[i], stats[key] = key, (stat.st_size, stat.st_mtime_ns)
     store = ScanCache.open() if cache else None
     try:
         known = store.lookup(stats) if store is not None else {}
-        todo = [path for path in keys if keys[path] not in known]
+        todo = [i for i, key in enumerate(keys) if key is not None and key not in known]
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-            decoded = dict(zip(todo, pool.map(check_image, todo), strict=True))
+            decoded = dict(zip(todo, pool.map(lambda i: check_image(paths[i]), todo), strict=True))
         if store is not None:
             store.store(
-                (keys[p], *stats[keys[p]], r._asdict() if isinstance(r, ImageInfo) else None, _error(r))
-                for p, r in decoded.items()
+                (keys[i], *stats[keys[i]], r._asdict() if isinstance(r, ImageInfo) else None, _error(r))  # type: ignore[index]
+                for i, r in decoded.items()
             )
     finally:
         if store is not None:
             store.close()
-    for path, key in keys.items():
-        if path in decoded:
-            result = decoded[path]
-            results[path] = result if infos else _error(result)
+    for i, key in enumerate(keys):
+        if key is None:
+            continue
+        if i in decoded:
+            results[i] = decoded[i] if infos else _error(decoded[i])
         else:
             info, error = known[key]
-            results[path] = (error or ImageInfo(**json.loads(info))) if infos else error
-    return {path: results[path] for path in paths}
+            results[i] = (error or ImageInfo(**json.loads(info))) if infos else error
+    return results
 
 
 def _error(result: ImageInfo | str) -> str | None:
