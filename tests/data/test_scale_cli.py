@@ -92,7 +92,8 @@ def test_webdataset_under_ddp_sees_each_shard_once_per_epoch_and_predicts_each_s
     )
     assert all(r["target"] == r["path"].split("/")[1] for r in rows)  # class names from classes.txt
     vitkit("embed", "--ckpt_path", checkpoint, *data_args("webdataset", forms), *CPU, *DDP,
-           "--data.init_args.num_workers", "2", "--output", tmp_path / "emb")  # fmt: skip
+           "--data.init_args.num_workers", "2", "--output", tmp_path / "emb",
+           "--trainer.default_root_dir", tmp_path)  # fmt: skip
     with open(tmp_path / "emb.csv") as f:
         embedded = [r["path"] for r in csv.DictReader(f)]
     assert sorted(embedded) == sorted(r["path"] for r in rows)
@@ -107,10 +108,22 @@ def test_hf_dataset_validates_the_same_on_two_processes_and_embeds(forms, tmp_pa
         run = tmp_path / devices
         vitkit("validate", "--ckpt_path", checkpoint, *data_args("hf", forms), *CPU, "--data.num_workers", "0",
                "--trainer.devices", devices, "--trainer.strategy", "ddp" if devices == "2" else "auto",
-               "--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir", run)  # fmt: skip
+               "--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir", run,
+               "--trainer.default_root_dir", run)  # fmt: skip
         results[devices] = last_val_acc(run)
     assert results["2"] == pytest.approx(results["1"], abs=1e-6)
-    vitkit("embed", "--ckpt_path", checkpoint, *data_args("hf", forms), *CPU, *DDP, "--output", tmp_path / "emb")
+    vitkit(
+        "embed",
+        "--ckpt_path",
+        checkpoint,
+        *data_args("hf", forms),
+        *CPU,
+        *DDP,
+        "--output",
+        tmp_path / "emb",
+        "--trainer.default_root_dir",
+        tmp_path,
+    )
     with open(tmp_path / "emb.csv") as f:
         rows = list(csv.DictReader(f))
     assert [r["path"] for r in rows] == [f"validation[{i}]" for i in range(40)]
