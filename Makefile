@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 SRC    := $(wildcard vitkit tests scripts benchmarks)
 
-.PHONY: install demo test test-fast lint format bench bench-finetune clean
+.PHONY: install demo test test-fast lint format bench bench-finetune bench-scale clean
 
 install: $(STAMP)
 
@@ -37,6 +37,9 @@ bench: install
 
 bench-finetune: install
 	$(BIN)/python benchmarks/finetune_strategies.py
+
+bench-scale: install
+	$(BIN)/python benchmarks/bench_scale.py
 
 clean:
 	rm -rf $(VENV) runs demo_data .pytest_cache .ruff_cache *.egg-info

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,15 @@ os.environ.setdefault("WANDB_SILENT", "true")
 
 #: A 2-block ViT for 32 px images: fast enough for CPU tests, the same code path as a ViT-B.
 TINY_VIT = {"model_name": "vit_tiny_patch16_224", "model_kwargs": {"img_size": 32, "patch_size": 8, "depth": 2}}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def scan_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Scan results are remembered in a cache folder: the suite (and the `vitkit` runs it starts) keeps its own."""
+    folder = tmp_path_factory.mktemp("vitkit-cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("VITKIT_CACHE_DIR", str(folder))
+        yield folder
 
 
 @pytest.fixture(scope="session")

@@ -2,7 +2,13 @@
 
 from vitkit.augment import MixupCutmix
 from vitkit.backbone import Backbone
-from vitkit.data import ClassFolderDataModule, ImageDataModule, ManifestDataModule
+from vitkit.data import (
+    ClassFolderDataModule,
+    HFDatasetDataModule,
+    ImageDataModule,
+    ManifestDataModule,
+    WebDatasetDataModule,
+)
 from vitkit.errors import DataError, VitkitError, WeightsError
 from vitkit.finetune import FineTuning, FreezeThenUnfreeze, LinearProbe, LoRA, merge_adapters
 from vitkit.heads import LinearHead, MLPHead
@@ -21,6 +27,7 @@ __all__ = [
     "DataError",
     "FineTuning",
     "FreezeThenUnfreeze",
+    "HFDatasetDataModule",
     "ImageDataModule",
     "LinearHead",
     "LinearProbe",
@@ -34,6 +41,7 @@ __all__ = [
     "TransferModule",
     "VitkitError",
     "WarmupCosineLR",
+    "WebDatasetDataModule",
     "WeightsError",
     "merge_adapters",
 ]

@@ -374,7 +374,8 @@ def main(args: list[str] | None = None) -> None:
     # are logged per epoch anyway); the model summary's FLOP count, which it cannot make under bf16.
     for noise in (r"Be aware that when using `ckpt_path`, callbacks used to create", r"Checkpoint directory .* exists "
                   r"and is not empty", r"The number of training batches \(\d+\) is smaller than the logging interval",
-                  r"Precision .* is not supported by the model summary"):  # fmt: skip
+                  r"Precision .* is not supported by the model summary",
+                  r"Your .IterableDataset. has .__len__. defined"):  # streams' lengths are exact  # fmt: skip
         warnings.filterwarnings("ignore", message=noise)
     warnings.formatwarning = _one_line_warning
     try:
@@ -384,6 +385,10 @@ def main(args: list[str] | None = None) -> None:
             raise SystemExit(check_data_main(argv[1:]))
         if argv[:1] == ["recipes"]:
             raise SystemExit(recipes.recipes_main(argv[1:]))
+        if argv[:1] == ["shard"]:
+            from vitkit.data.shard import shard_main
+
+            raise SystemExit(shard_main(argv[1:]))
         VitkitCLI(
             TransferModule,
             ImageDataModule,

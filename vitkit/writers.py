@@ -2,6 +2,9 @@
 
 Under DDP every process writes a part file next to the output; once all are done, rank 0 merges them in the
 dataset's order into one file and removes the parts (the output folder must be shared by all processes).
+
+Streamed data (WebDataset shards, streaming Hugging Face datasets) has no sample indices: its batches name their
+samples in a third element, ``(images, targets, keys)``, and rows are numbered in the order they arrive.
 """
 
 from __future__ import annotations
@@ -26,11 +29,24 @@ def _samples_of(trainer: L.Trainer, dataloader_idx: int) -> Sequence[Any] | None
     return getattr(getattr(loader, "dataset", None), "samples", None)
 
 
-def _path_and_target(samples: Sequence[Any] | None, index: int, task: Any) -> tuple[str, dict[str, str]]:
-    """A sample's path and the task's target columns (empty where the image has no label)."""
-    path, target = samples[index] if samples is not None else (index, None)
+def _path_and_target(
+    samples: Sequence[Any] | None, index: int, task: Any, batch: Any = None, row: int = 0
+) -> tuple[str, dict[str, str]]:
+    """A sample's path (or key) and the task's target columns (empty where the image has no label)."""
+    if samples is not None:
+        path, target = samples[index]
+    elif isinstance(batch, (list, tuple)) and len(batch) > 2:  # streamed: (images, targets, keys)
+        path, target = batch[2][row], batch[1][row].tolist()
+        target = tuple(target) if isinstance(target, list) else target
+    else:
+        path, target = index, None
     known = target is not None and not (isinstance(target, int) and target == UNLABELLED)
     return str(path), task.describe_target(target if known else None)
+
+
+def _indices(batch_indices: Sequence[int] | None, seen: int, count: int) -> list[int]:
+    """The batch's sample indices; for streamed data (none given), numbers in arrival order after ``seen``."""
+    return list(batch_indices) if batch_indices else list(range(seen, seen + count))
 
 
 def _part(path: Path, rank: int, kind: str = "csv") -> Path:
@@ -57,6 +73,7 @@ class CSVPredictionWriter(BasePredictionWriter):
         self._file: Any = None
         self._writer: Any = None
         self._fields: list[str] | None = None
+        self._seen = 0
 
     def path(self, trainer: L.Trainer) -> Path:
         """The CSV file written."""
@@ -69,6 +86,7 @@ class CSVPredictionWriter(BasePredictionWriter):
         self._file = _part(path, trainer.global_rank).open("w", newline="")
         self._writer = csv.writer(self._file)
         self._fields = None
+        self._seen = 0
 
     def write_on_batch_end(
         self,
@@ -83,8 +101,10 @@ class CSVPredictionWriter(BasePredictionWriter):
         samples = _samples_of(trainer, dataloader_idx)
         task = pl_module.task
         prediction = prediction.float().cpu()
-        for row, index in enumerate(batch_indices or range(len(prediction))):
-            path, target_columns = _path_and_target(samples, index, task)
+        indices = _indices(batch_indices, self._seen, len(prediction))
+        self._seen += len(prediction)
+        for row, index in enumerate(indices):
+            path, target_columns = _path_and_target(samples, index, task, batch, row)
             line = {"path": path, **task.describe(prediction[row], self.top_k), **target_columns}
             if self._fields is None:
                 self._fields = list(line)
@@ -134,6 +154,7 @@ class EmbeddingWriter(BasePredictionWriter):
         self.output = Path(output) if output is not None else None
         self._indices: list[int] = []
         self._features: list[np.ndarray] = []
+        self._rows: list[dict[str, str]] = []
 
     def stem(self, trainer: L.Trainer) -> Path:
         """Path of the outputs without suffix."""
@@ -141,7 +162,7 @@ class EmbeddingWriter(BasePredictionWriter):
         return stem.with_suffix("") if stem.suffix in (".npy", ".csv") else stem
 
     def on_predict_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._indices, self._features = [], []
+        self._indices, self._features, self._rows = [], [], []
 
     def write_on_batch_end(
         self,
@@ -153,8 +174,12 @@ class EmbeddingWriter(BasePredictionWriter):
         batch_idx: int,
         dataloader_idx: int,
     ) -> None:
-        start = len(self._indices)
-        self._indices += list(batch_indices) if batch_indices is not None else range(start, start + len(prediction))
+        indices = _indices(batch_indices, len(self._indices), len(prediction))
+        samples = _samples_of(trainer, dataloader_idx)
+        for row, index in enumerate(indices):  # the path and target now: streamed data is not there at the merge
+            path, target_columns = _path_and_target(samples, index, pl_module.task, batch, row)
+            self._rows.append({"path": path, **target_columns})
+        self._indices += indices
         self._features.append(prediction.float().cpu().numpy())
 
     def on_predict_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -164,29 +189,34 @@ class EmbeddingWriter(BasePredictionWriter):
         features = np.concatenate(self._features) if self._features else np.zeros((0, 0), np.float32)
         np.save(_part(stem, rank, "features"), features, allow_pickle=False)
         np.save(_part(stem, rank, "index"), np.asarray(self._indices, np.int64), allow_pickle=False)
-        self._indices, self._features = [], []
+        with _part(stem, rank, "rows").open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(self._rows[0]) if self._rows else ["path"])
+            writer.writeheader()
+            writer.writerows(self._rows)
+        self._indices, self._features, self._rows = [], [], []
         trainer.strategy.barrier("vitkit-embeddings")
         if trainer.is_global_zero:
             self._merge(trainer, pl_module, stem)
 
     def _merge(self, trainer: L.Trainer, pl_module: L.LightningModule, stem: Path) -> None:
-        parts = [(_part(stem, r, "features"), _part(stem, r, "index")) for r in range(trainer.world_size)]
-        features = [np.load(f) for f, _ in parts]
-        indices = np.concatenate([np.load(i) for _, i in parts])
+        kinds = ("features", "index", "rows")
+        parts = [[_part(stem, r, kind) for kind in kinds] for r in range(trainer.world_size)]
+        features = [np.load(f) for f, _, _ in parts]
+        indices = np.concatenate([np.load(i) for _, i, _ in parts])
         features = np.concatenate([f for f in features if f.size] or [np.zeros((0, 0), np.float32)])
+        rows: list[dict[str, str]] = []
+        for _, _, names in parts:
+            with names.open(newline="") as f:
+                rows += list(csv.DictReader(f))
         order = np.argsort(indices, kind="stable")
         np.save(stem.with_suffix(".npy"), features[order], allow_pickle=False)
-        samples = _samples_of(trainer, 0)
-        task = pl_module.task
         with stem.with_suffix(".csv").open("w", newline="") as f:
             writer = None
-            for row, index in enumerate(indices[order].tolist()):
-                path, target_columns = _path_and_target(samples, index, task)
-                line = {"row": row, "path": path, **target_columns}
+            for row, position in enumerate(order.tolist()):
+                line = {"row": row, **rows[position]}
                 if writer is None:
                     writer = csv.DictWriter(f, fieldnames=list(line))
                     writer.writeheader()
                 writer.writerow(line)
-        for feature_part, index_part in parts:
-            feature_part.unlink()
-            index_part.unlink()
+        for part in (p for ranks in parts for p in ranks):
+            part.unlink()

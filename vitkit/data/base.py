@@ -10,7 +10,7 @@ import lightning as L
 import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from lightning.pytorch.utilities import rank_zero_warn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from vitkit.data.images import UNLABELLED, ImageDataset, Sample, find_unreadable, list_images
 from vitkit.errors import DataError
@@ -40,7 +40,9 @@ class ImageDataModule(L.LightningDataModule):
             without it, predict runs on the test split, else on val.
         on_bad_image: what to do with files that do not decode (truncated, empty, not an image), found by a scan
             of every image before training: ``error`` lists them all and stops; ``skip`` leaves them out, with a
-            warning giving how many.
+            warning giving how many. Under DDP each process scans its share and the results are shared.
+        scan_cache: remember scan results by file path, size and mtime in ``$VITKIT_CACHE_DIR`` (default
+            ``~/.cache/vitkit``), so later runs decode only new or changed files; ``false`` scans everything.
     """
 
     def __init__(
@@ -52,10 +54,11 @@ class ImageDataModule(L.LightningDataModule):
         data_config: dict[str, Any] | None = None,
         predict_root: str | Path | None = None,
         on_bad_image: Literal["error", "skip"] = "error",
+        scan_cache: bool = True,
     ) -> None:
         super().__init__()
         self.batch_size = batch_size
-        self.num_workers = num_workers
+        self.num_workers = min(num_workers, _cpus())  # a GPU recipe's 8 workers on a 2-core laptop: 2
         self.image_size = image_size
         self.augment = dict(augment or {})
         self.data_config = data_config
@@ -63,7 +66,8 @@ class ImageDataModule(L.LightningDataModule):
         if on_bad_image not in ("error", "skip"):
             raise ValueError(f"on_bad_image must be 'error' or 'skip', got {on_bad_image!r}.")
         self.on_bad_image = on_bad_image
-        self.datasets: dict[str, ImageDataset] = {}
+        self.scan_cache = scan_cache
+        self.datasets: dict[str, Dataset] = {}
 
     @property
     def num_outputs(self) -> int | None:
@@ -106,11 +110,15 @@ class ImageDataModule(L.LightningDataModule):
         """A name for what ``predict`` reads: the ``predict_root`` folder's name, else ``test`` or ``val``."""
         if self.predict_root is not None:
             return self.predict_root.resolve().name or "images"
-        return "test" if self.splits.get("test") else "val"
+        return "test" if self.has_split("test") else "val"
+
+    def has_split(self, split: str) -> bool:
+        """Whether this data has labelled ``split`` (train/val/test) samples."""
+        return self.splits.get(split) is not None
 
     def require_split(self, split: str) -> None:
         """Raise a one-line DataError if this data has no ``split`` (checked before a model is loaded)."""
-        if self.splits.get(split) is None:
+        if not self.has_split(split):
             raise DataError(f"{self.describe_source()} has no {split} split: {self.split_hint(split)}")
 
     def describe_source(self) -> str:
@@ -152,19 +160,41 @@ class ImageDataModule(L.LightningDataModule):
                 self.datasets[split] = ImageDataset(samples, self.transform(train=split == "train"))
 
     def _readable(self, split: str, samples: list[Sample]) -> list[Sample]:
-        """Decode every image once, before any DataLoader worker does; apply ``on_bad_image`` to failures."""
-        bad = find_unreadable([path for path, _ in samples], workers=max(1, self.num_workers))
+        """Decode every image once, before any DataLoader worker does; apply ``on_bad_image`` to failures.
+
+        Under DDP, process ``r`` of ``n`` checks images ``r, r + n, ...`` and the processes exchange what they
+        found (``all_gather_object``: no shared file system needed), so no image is decoded twice."""
+        world, rank = self._world()
+        paths = [path for path, _ in samples][rank::world]
+        bad = find_unreadable(paths, workers=max(1, self.num_workers), cache=self.scan_cache)
+        bad = self._gather_unreadable(bad)
         if not bad:
             return samples
+        self._unreadable_found(split, len(samples), {str(path): reason for path, reason in bad.items()})
+        return [(path, target) for path, target in samples if path not in bad]
+
+    def _world(self) -> tuple[int, int]:
+        """``(world_size, global_rank)`` of the attached trainer, ``(1, 0)`` without one."""
+        return (self.trainer.world_size, self.trainer.global_rank) if self.trainer is not None else (1, 0)
+
+    def _gather_unreadable(self, bad: dict[Any, str]) -> dict[Any, str]:
+        """Every process's ``{sample: reason}`` findings, merged (in rank order) into one dict on every process."""
+        if self._world()[0] == 1 or not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            return bad
+        parts: list[dict[Any, str] | None] = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(parts, bad)
+        return {key: reason for part in parts for key, reason in (part or {}).items()}
+
+    def _unreadable_found(self, split: str, total: int, bad: dict[str, str]) -> None:
+        """Apply ``on_bad_image``: stop with every unreadable sample named, or warn how many are left out."""
         if self.on_bad_image == "error":
-            listed = "\n  ".join(f"{path}: {reason}" for path, reason in list(bad.items())[:50])
+            listed = "\n  ".join(f"{name}: {reason}" for name, reason in list(bad.items())[:50])
             more = f"\n  ... and {len(bad) - 50} more" if len(bad) > 50 else ""
             raise DataError(
-                f"{len(bad)} of {len(samples)} {split} images cannot be read:\n  {listed}{more}\n"
+                f"{len(bad)} of {total} {split} images cannot be read:\n  {listed}{more}\n"
                 "Fix or remove them, or leave them out with --data.init_args.on_bad_image skip."
             )
-        rank_zero_warn(f"skipped {len(bad)} of {len(samples)} {split} images that cannot be read (on_bad_image=skip)")
-        return [(path, target) for path, target in samples if path not in bad]
+        rank_zero_warn(f"skipped {len(bad)} of {total} {split} images that cannot be read (on_bad_image=skip)")
 
     def _loader(self, split: str, shuffle: bool = False) -> DataLoader:
         if split not in self.datasets:
@@ -177,7 +207,7 @@ class ImageDataModule(L.LightningDataModule):
             sampler = UnrepeatedDistributedSampler(
                 dataset, num_replicas=self.trainer.world_size, rank=self.trainer.global_rank, shuffle=False
             )
-        workers = min(self.num_workers, _cpus())  # a GPU recipe's 8 workers on a 2-core laptop: 2
+        workers = self.num_workers
         return DataLoader(
             dataset,
             batch_size=self.batch_size,

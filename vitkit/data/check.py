@@ -12,6 +12,7 @@ from typing import Any
 
 from vitkit.data.base import ImageDataModule
 from vitkit.data.images import ImageInfo, scan_images
+from vitkit.errors import DataError
 
 SPLITS = ("train", "val", "test")
 _MODES = {"L": "grayscale", "LA": "grayscale+alpha", "P": "palette", "RGBA": "RGBA", "CMYK": "CMYK"}
@@ -66,8 +67,13 @@ def check_data(data: ImageDataModule, workers: int | None = None) -> DataReport:
     """Scan ``data`` as training would (folder / manifest checks, then every image decoded) and report on it."""
     splits = data.splits  # raises DataError on bad folders and manifests, naming the path or rows
     samples = {s: splits.get(s) for s in SPLITS if splits.get(s) is not None}
+    if not samples:
+        raise DataError(
+            f"{type(data).__name__} has no image files to check: check-data reads class folders and CSV manifests "
+            "(Hugging Face datasets are scanned when training starts; shards are checked as they are read)."
+        )
     paths = list(dict.fromkeys(p for split in samples.values() for p, _ in split))
-    scanned = scan_images(paths, workers=workers or os.cpu_count() or 1)
+    scanned = scan_images(paths, workers=workers or os.cpu_count() or 1, cache=data.scan_cache)
     report = DataReport(type(data).__name__, list(data.class_names or []), samples)
     for path, result in scanned.items():
         if isinstance(result, str):
@@ -106,32 +112,44 @@ def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
     return ["  ".join(justify(i, c, w) for i, (c, w) in enumerate(zip(row, widths, strict=True))) for row in cells]
 
 
-#: Recipe sections that ``vitkit check-data`` accepts in a ``--config`` and ignores (it only needs ``data``).
+#: Recipe sections that data-only commands accept in a ``--config`` and ignore (they only need ``data``).
 _NOT_DATA = ("model", "trainer", "checkpoint", "optimizer", "lr_scheduler", "seed_everything", "ckpt_path")
+
+
+def data_command_parser(prog: str, description: str) -> Any:
+    """The parser of a command that only needs a dataset (``check-data``, ``shard``): ``--data`` (class folders by
+    default, any vitkit data module by class path) or a recipe's data section (``--config NAME|FILE``)."""
+    from jsonargparse import ActionConfigFile, ArgumentParser
+
+    parser = ArgumentParser(prog=prog, description=description)
+    parser.add_argument("-c", "--config", action=ActionConfigFile, help="A recipe; only its data section is used.")
+    parser.add_subclass_arguments(ImageDataModule, "data", help="The data module (default: class folders).")
+    parser.set_defaults({"data": {"class_path": "vitkit.data.ClassFolderDataModule"}})
+    for key in _NOT_DATA:
+        parser.add_argument(f"--{key}", type=dict | list | str | float | bool | None, help=argparse.SUPPRESS)
+    return parser
+
+
+def parse_data_command(parser: Any, args: list[str]) -> tuple[Any, ImageDataModule]:
+    """Parse ``args`` (shipped recipes by name) and build the data module: ``(config, data)``."""
+    from vitkit.recipes import resolve_config_args
+
+    config = parser.parse_args(resolve_config_args(args))
+    return config, parser.instantiate_classes(config).data
 
 
 def check_data_main(args: list[str]) -> int:
     """``vitkit check-data``: scan a dataset as training would and print a per-class summary; exit 1 if any image
     cannot be read."""
-    from jsonargparse import ActionConfigFile, ArgumentParser
-
-    from vitkit.recipes import resolve_config_args
-
-    parser = ArgumentParser(
-        prog="vitkit check-data",
-        description="Scan a dataset as `vitkit fit` would (folders or manifest rows, then every image decoded) and "
-        "print images per split and class, image sizes and modes, and every unreadable file with its reason. "
-        "Exits 1 if any image cannot be read. Examples: `vitkit check-data --data.root my_images`, "
+    parser = data_command_parser(
+        "vitkit check-data",
+        "Scan a dataset as `vitkit fit` would (folders or manifest rows, then every image decoded) and print images "
+        "per split and class, image sizes and modes, and every unreadable file with its reason. Exits 1 if any image "
+        "cannot be read. Examples: `vitkit check-data --data.root my_images`, "
         "`vitkit check-data --config multilabel --data.init_args.csv labels.csv`.",
     )
-    parser.add_argument("-c", "--config", action=ActionConfigFile, help="A recipe; only its data section is used.")
-    parser.add_subclass_arguments(ImageDataModule, "data", help="The data module (default: class folders).")
-    parser.set_defaults({"data": {"class_path": "vitkit.data.ClassFolderDataModule"}})
     parser.add_argument("--workers", type=int | None, default=None, help="Decoding threads (default: all cores).")
-    for key in _NOT_DATA:
-        parser.add_argument(f"--{key}", type=dict | list | str | float | bool | None, help=argparse.SUPPRESS)
-    config = parser.parse_args(resolve_config_args(args))
-    data = parser.instantiate_classes(config).data
+    config, data = parse_data_command(parser, args)
     report = check_data(data, workers=config.workers)
     print(report.format())
     return 0 if report.ok else 1
