@@ -31,7 +31,9 @@ from vitkit.errors import DataError, VitkitError, concise_parse_error
 from vitkit.loggers import configure_loggers
 from vitkit.module import TransferModule
 from vitkit.runs import best_checkpoint, discard_if_empty, find_checkpoint, is_launched_process, new_run_dir, run_dir_of
+from vitkit.sweep import Recipe
 from vitkit.trainer import VitkitTrainer
+from vitkit.tune import tune_folder
 from vitkit.writers import CSVPredictionWriter
 
 #: Where runs go when neither the recipe nor the command line sets ``--trainer.default_root_dir``.
@@ -122,12 +124,14 @@ class VitkitCLI(LightningCLI):
 
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
-        """Lightning's fit/validate/test/predict, and :class:`~vitkit.trainer.VitkitTrainer`'s embed/export/explain."""
+        """Lightning's fit/validate/test/predict, and :class:`~vitkit.trainer.VitkitTrainer`'s
+        embed/export/explain/tune."""
         return {
             **LightningCLI.subcommands(),
             "embed": {"model", "datamodule"},
             "export": {"model", "datamodule"},
             "explain": {"model", "datamodule"},
+            "tune": {"model", "datamodule"},
         }
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -172,6 +176,8 @@ class VitkitCLI(LightningCLI):
             config["model.backbone.init_args.weights"] = None
         if self.subcommand is None:
             return
+        if self.subcommand == "tune":  # the recipe as given, before its folders are set: sweeps build trials from it
+            self.recipe_config = self.config.clone()
         _check_strategy(config.get("trainer.strategy"), config.get("trainer.accelerator"))
         root = Path(config["trainer.default_root_dir"] or DEFAULT_ROOT).expanduser()
         if self.subcommand == "fit":
@@ -182,6 +188,9 @@ class VitkitCLI(LightningCLI):
                 config["checkpoint.dirpath"] = str(self.run_dir / "checkpoints")
             wandb_id = self.checkpoint_info.get("wandb_id") if resumed else None
             name = f"{self.run_dir.parent.name}/{self.run_dir.name}"
+        elif self.subcommand == "tune":  # a folder per tuning job beside the recipe's runs, e.g. runs/<recipe>/tune-lr
+            self.run_dir = output = tune_folder(root, config["mode"], config.get("sweep"))
+            wandb_id, name = None, None
         else:  # outputs go next to the checkpoint, into its run folder (--output puts them elsewhere)
             self.run_dir = run_dir_of(self.ckpt_path) if self.ckpt_path else root
             output = self.run_dir / self.subcommand if self.subcommand in ("validate", "test") else self.run_dir
@@ -189,11 +198,15 @@ class VitkitCLI(LightningCLI):
                 output = Path(config["output"])
             wandb_id, name = None, f"{self.run_dir.parent.name}/{self.run_dir.name}/{self.subcommand}"
         config["trainer.default_root_dir"] = str(output)
-        if self.subcommand in _USE_MODEL:
+        if self.subcommand in (*_USE_MODEL, "tune"):  # tune's sweep trials log as the recipe says (vitkit.sweep)
             config["trainer.logger"] = False
         else:
             config["trainer.logger"] = configure_loggers(config.get("trainer.logger"), output, wandb_id, name,
                                                          default_on=self.subcommand == "fit")  # fmt: skip
+
+    def before_tune(self) -> None:
+        """``vitkit tune --mode sweep`` builds a model, data and trainer per trial from the recipe."""
+        self.trainer.recipe = Recipe(self.parser, self.recipe_config)
 
     def after_instantiate_classes(self) -> None:
         if self.subcommand is not None and isinstance(self.model, TransferModule):

@@ -1,5 +1,5 @@
 """VitkitTrainer: Lightning's Trainer, saying where its outputs went, plus the commands that use a trained model
-(``vitkit embed|export|explain``).
+(``vitkit embed|export|explain``) and ``vitkit tune`` (:mod:`vitkit.tune`).
 
 LightningCLI turns each Trainer method it is told about into a subcommand with the same ``--config``,
 ``--ckpt_path``, ``--model``, ``--data`` and ``--trainer`` arguments as ``fit`` and ``predict``; the work itself is in
@@ -25,7 +25,12 @@ from vitkit.writers import CSVPredictionWriter, EmbeddingWriter
 
 
 class VitkitTrainer(L.Trainer):
-    """A Lightning Trainer with ``embed``, ``export`` and ``explain``, whose commands say what they wrote."""
+    """A Lightning Trainer with ``embed``, ``export``, ``explain`` and ``tune``, whose commands say what they wrote."""
+
+    #: Whether ``fit`` prints the run folder and checkpoints (off while ``tune`` runs Lightning's tuner through fit).
+    announce: bool = True
+    #: The parsed recipe that ``tune --mode sweep`` builds its trials from; the CLI sets it (:class:`vitkit.sweep.Recipe`).
+    recipe: Any = None
 
     def fit(
         self,
@@ -42,6 +47,8 @@ class VitkitTrainer(L.Trainer):
         Args:
             ckpt_path: a checkpoint to resume, e.g. ``last`` (the latest run's last checkpoint).
         """
+        if not self.announce:
+            return super().fit(model, train_dataloaders, val_dataloaders, datamodule, ckpt_path, weights_only)
         if ckpt_path is not None and _finished(ckpt_path, self.max_epochs):
             rank_zero_info(
                 f"vitkit: {_shown(ckpt_path)} already finished its {self.max_epochs} epochs: nothing to resume. To "
@@ -145,6 +152,38 @@ class VitkitTrainer(L.Trainer):
         for writer in writers:
             rank_zero_info(f"predictions written to {_shown(writer.path(self))}")
         return results
+
+    def tune(
+        self,
+        model: L.LightningModule,
+        datamodule: L.LightningDataModule | None = None,
+        mode: Literal["lr", "batch_size", "sweep"] = "lr",
+        sweep: str | None = None,
+        trials: int = 20,
+        min_lr: float = 1e-7,
+        max_lr: float = 1.0,
+        lr_steps: int = 100,
+        max_batch_size: int = 8192,
+    ) -> Any:
+        """Find a learning rate (LR range test), the largest batch that fits, or the best recipe values (a sweep).
+
+        Args:
+            model: the model as the recipe builds it (fine-tuning strategy and parameter groups included).
+            datamodule: the recipe's data.
+            mode: ``lr``: Lightning's LR range test, a plot and the suggested ``--model.optimizer.init_args.lr``;
+                ``batch_size``: Lightning's batch-size scaler (binary search), with the LR scaled linearly to it;
+                ``sweep``: an Optuna study over the recipe keys in ``sweep`` (needs the ``tune`` extra).
+            sweep: YAML search space: recipe keys mapped to ``loguniform LOW HIGH``, ``uniform LOW HIGH``,
+                ``int LOW HIGH``, a list of choices, or a fixed value.
+            trials: finished trials the study should hold; the same command continues a stopped sweep up to it.
+            min_lr: lowest LR of the range test.
+            max_lr: highest LR of the range test (it stops earlier when the loss diverges).
+            lr_steps: training steps of the range test.
+            max_batch_size: the batch-size search goes no higher.
+        """
+        from vitkit.tune import run_tune
+
+        return run_tune(self, model, datamodule, mode, sweep, trials, min_lr, max_lr, lr_steps, max_batch_size)
 
     def embed(
         self,

@@ -1,0 +1,278 @@
+"""``vitkit tune``: Lightning's learning-rate finder and batch-size scaler on a recipe's model and data, and Optuna
+sweeps over recipe keys (:mod:`vitkit.sweep`).
+
+Each tuning job writes into its own folder beside the recipe's runs (the CLI sets ``trainer.default_root_dir`` to
+it), the same folder every time the same command runs::
+
+    runs/<recipe>/tune-lr/            lr_find.png (loss vs LR, the suggestion marked), lr_find.json
+    runs/<recipe>/tune-batch_size/    batch_size.json
+    runs/<recipe>/sweep-<file>/       study.db (Optuna, SQLite), trial_NNN/ (config.yaml, logs), <recipe>-best.yaml
+
+The LR range test runs on the model as the recipe builds it: its fine-tuning strategy's parameter groups, frozen
+parts frozen. Lightning's finder ramps every group to the same LR; vitkit keeps each group's ``lr_scale`` (layer
+decay) during the test, so the ramp's LR, the plot's x axis and the suggestion are the optimizer's base LR, the
+value ``--model.optimizer.init_args.lr`` sets. The recipe's LR schedule (warm-up, cosine) is not part of the test.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.strategies import ParallelStrategy
+from lightning.pytorch.tuner import Tuner
+import torch
+from torch.optim import Optimizer
+
+from vitkit.errors import DataError, VitkitError
+
+MODES = ("lr", "batch_size", "sweep")
+#: Share taken off the largest batch that fitted, as Lightning's scaler does: memory use varies between steps.
+BATCH_MARGIN = 0.05
+LR_FLAG = "--model.optimizer.init_args.lr"
+BATCH_FLAG = "--data.init_args.batch_size"
+
+
+def tune_folder(root: Path, mode: str, sweep: str | None) -> Path:
+    """The folder of a tuning job under the recipe's runs ``root``: ``tune-lr``, ``tune-batch_size`` or
+    ``sweep-<sweep file name>`` (the same for the same command, so a sweep resumes from its database)."""
+    if mode == "sweep":
+        if not sweep:
+            raise VitkitError("--mode sweep needs a search space: --sweep FILE.yaml (recipe keys and what to try).")
+        path = Path(sweep).expanduser()
+        if not path.is_file():
+            raise DataError(f"--sweep {sweep}: no such file (a YAML search space, e.g. `trainer.max_epochs: 3`).")
+        return root / f"sweep-{path.stem}"
+    if sweep:
+        raise VitkitError(f"--sweep {sweep} is a search space for --mode sweep, not for --mode {mode}.")
+    return root / f"tune-{mode}"
+
+
+def run_tune(
+    trainer: L.Trainer,
+    model: L.LightningModule,
+    datamodule: L.LightningDataModule | None,
+    mode: str,
+    sweep: str | None,
+    trials: int,
+    min_lr: float,
+    max_lr: float,
+    lr_steps: int,
+    max_batch_size: int,
+) -> Any:
+    """What :meth:`vitkit.trainer.VitkitTrainer.tune` does, by ``mode``."""
+    if mode not in MODES:
+        raise VitkitError(f"--mode {mode}: expected one of {', '.join(MODES)}.")
+    if mode == "sweep":
+        from vitkit.sweep import run_sweep
+
+        if isinstance(trainer.strategy, ParallelStrategy):
+            raise VitkitError(
+                "--mode sweep runs each trial on one device (drop --trainer.devices / --trainer.strategy, or set "
+                "--trainer.devices 1); for more devices, scale the best LR by the linear rule afterwards."
+            )
+        return run_sweep(trainer.recipe, Path(sweep or ""), trials, Path(trainer.default_root_dir))
+    if mode == "batch_size" and isinstance(trainer.strategy, ParallelStrategy):
+        raise VitkitError(
+            "--mode batch_size: Lightning's batch-size search does not run under DDP or other multi-device "
+            "strategies. Run it on one device (--trainer.devices 1 --trainer.strategy auto): the per-device batch "
+            "that fits is the same."
+        )
+    trainer.announce = False  # Lightning's tuner runs through fit; this is no training run
+    try:
+        if mode == "lr":
+            return find_lr(trainer, model, datamodule, min_lr, max_lr, lr_steps)
+        return find_batch_size(trainer, model, datamodule, max_batch_size)
+    finally:
+        trainer.announce = True
+
+
+def find_lr(
+    trainer: L.Trainer,
+    model: L.LightningModule,
+    datamodule: L.LightningDataModule | None,
+    min_lr: float = 1e-7,
+    max_lr: float = 1.0,
+    steps: int = 100,
+) -> float:
+    """Lightning's LR range test on ``model``, each parameter group at its own ``lr_scale``; writes ``lr_find.png``
+    and ``lr_find.json`` into ``trainer.default_root_dir`` and prints the flag to paste. Returns the suggested LR."""
+    if not 0 < min_lr < max_lr:
+        raise VitkitError(f"--min_lr {min_lr} and --max_lr {max_lr}: expected 0 < min_lr < max_lr.")
+    _require("matplotlib", "the LR plot")
+    recipe_lr = _recipe_lr(model)
+    # Enough epochs for `steps` steps on the smallest data (the recipe's epochs may be fewer); the finder stops itself.
+    trainer.fit_loop.max_epochs = max(trainer.max_epochs or 0, steps)
+    # The test tracks the training loss only: no validation between its epochs (small data has many).
+    validate_every, trainer.check_val_every_n_epoch = trainer.check_val_every_n_epoch, trainer.max_epochs + 1
+    original, handles = model.optimizer_factory, []
+
+    def factory(params: Any) -> Optimizer:
+        optimizer = original(params)
+        handles.extend(_keep_group_scales(optimizer))
+        return optimizer
+
+    model.optimizer_factory = factory
+    try:
+        finder = Tuner(trainer).lr_find(model, datamodule=datamodule, min_lr=min_lr, max_lr=max_lr,
+                                        num_training=steps, update_attr=False)  # fmt: skip
+    finally:
+        model.optimizer_factory, trainer.check_val_every_n_epoch = original, validate_every
+        for handle in handles:
+            handle.remove()
+    lrs, losses = (finder.results["lr"], finder.results["loss"]) if finder is not None else ([], [])
+    suggestion = steepest_descent(lrs, losses)
+    if suggestion is None:
+        raise VitkitError(
+            f"the LR range test took too few steps to suggest an LR ({len(lrs)} of --lr_steps {steps}): the loss "
+            "diverged early (lower --max_lr) or the data is too small."
+        )
+    if trainer.is_global_zero:
+        folder = Path(trainer.default_root_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        record = {"suggestion": suggestion, "recipe_lr": recipe_lr, "lr": lrs, "loss": losses}
+        (folder / "lr_find.json").write_text(json.dumps(record, indent=1) + "\n")
+        plot = _plot_lr(finder, suggestion, recipe_lr, folder / "lr_find.png")
+        stopped = f" (stopped at {lrs[-1]:.1e}: the loss diverged)" if len(lrs) < steps else ""
+        print(
+            f"LR range test: {len(lrs)} steps from {min_lr:.0e} to {max_lr:.0e}{stopped}\n"
+            f"suggested learning rate: {suggestion:.1e} (steepest loss descent; the recipe's: {recipe_lr:.1e})\n"
+            f"  {lr_flags(model, suggestion)}\n"
+            f"plot: {_shown(plot)}",
+            flush=True,
+        )
+    return suggestion
+
+
+def steepest_descent(lrs: list[float], losses: list[float], skip_begin: int = 10, skip_end: int = 1) -> float | None:
+    """The LR where the smoothed loss falls fastest per decade of LR (``None`` with fewer than 3 usable points).
+
+    Lightning's rule (``_LRFinder.suggestion``), but differentiated with respect to ``log10(lr)``, the scale its
+    exponential ramp samples on; Lightning 2.6 takes the gradient with respect to the LR itself, which makes the
+    smallest LRs' tiny steps look steepest (Lightning issue #21141)."""
+    points = [(lr, loss) for lr, loss in list(zip(lrs, losses))[skip_begin:-skip_end or None] if math.isfinite(loss)]
+    if len(points) < 3:
+        return None
+    rates, values = torch.tensor([p[0] for p in points]).log10(), torch.tensor([p[1] for p in points])
+    slopes = torch.gradient(values, spacing=[rates])[0]
+    return points[int(slopes.argmin())][0]
+
+
+def _keep_group_scales(optimizer: Optimizer) -> list[Any]:
+    """Step hooks running each parameter group at the finder's LR times the group's ``lr_scale`` (layer decay)."""
+    saved: list[float] = []
+
+    def scale(opt: Optimizer, args: Any, kwargs: Any) -> None:
+        saved[:] = [group["lr"] for group in opt.param_groups]
+        for group in opt.param_groups:
+            group["lr"] = group["lr"] * group.get("lr_scale", 1.0)
+
+    def restore(opt: Optimizer, args: Any, kwargs: Any) -> None:
+        for group, lr in zip(opt.param_groups, saved):
+            group["lr"] = lr
+
+    return [optimizer.register_step_pre_hook(scale), optimizer.register_step_post_hook(restore)]
+
+
+def _plot_lr(finder: Any, suggestion: float, recipe_lr: float, path: Path) -> Path:
+    """Loss vs LR (Lightning's plot, the suggestion marked) with the recipe's LR for comparison, as a PNG."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(6, 4), layout="constrained")
+    axes = figure.subplots()
+    finder.plot(suggest=False, ax=axes)  # Lightning's own mark uses its suggestion (see steepest_descent)
+    index = finder.results["lr"].index(suggestion)
+    axes.plot(suggestion, finder.results["loss"][index], "o", color="red", markersize=8,
+              label=f"suggested {suggestion:.1e}")  # fmt: skip
+    axes.axvline(recipe_lr, color="gray", linestyle=":", linewidth=1, label=f"recipe {recipe_lr:.1e}")
+    axes.set_xlabel("learning rate (base LR; groups keep their lr_scale)")
+    axes.set_ylabel("training loss (smoothed)")
+    axes.legend()
+    figure.savefig(path, dpi=100)
+    return path
+
+
+def find_batch_size(
+    trainer: L.Trainer,
+    model: L.LightningModule,
+    datamodule: L.LightningDataModule | None,
+    max_batch_size: int = 8192,
+) -> int:
+    """Lightning's batch-size scaler (binary search on ``datamodule.batch_size``, from the recipe's batch); prints
+    the largest per-device batch that fits, less a margin, and the recipe's LR scaled linearly to it."""
+    if datamodule is None or not hasattr(datamodule, "batch_size"):
+        raise VitkitError("--mode batch_size needs a data module with a batch_size argument.")
+    start, recipe_lr = int(datamodule.batch_size), _recipe_lr(model)
+    trainer.fit_loop.max_epochs = max(trainer.max_epochs or 0, 1)
+    found = Tuner(trainer).scale_batch_size(model, datamodule=datamodule, mode="binsearch", init_val=start,
+                                            max_val=max_batch_size, margin=0.0)  # fmt: skip
+    if found is None:  # fast_dev_run
+        raise VitkitError("--mode batch_size does not run with --trainer.fast_dev_run.")
+    size = _train_size(datamodule)
+    whole = size is not None and found >= size
+    capped = found >= max_batch_size
+    batch = found if whole or capped else max(1, math.floor(found * (1 - BATCH_MARGIN)))
+    lr = recipe_lr * batch / start
+    if trainer.is_global_zero:
+        folder = Path(trainer.default_root_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        record = {"batch_size": batch, "largest_fitted": found, "recipe_batch_size": start, "recipe_lr": recipe_lr,
+                  "scaled_lr": lr, "train_images": size, "device": str(trainer.strategy.root_device)}  # fmt: skip
+        (folder / "batch_size.json").write_text(json.dumps(record, indent=1) + "\n")
+        if whole:
+            why = f"the whole training set ({size} images) fits in one batch: memory was not the limit"
+        elif capped:
+            why = f"the search stops at --max_batch_size {max_batch_size}: memory was not the limit"
+        else:
+            why = f"the largest that fitted was {found}; {BATCH_MARGIN:.0%} is kept free"
+        print(
+            f"largest batch per device on {trainer.strategy.root_device}: {batch} ({why})\n"
+            f"  {BATCH_FLAG} {batch} {lr_flags(model, lr)}\n"
+            f"(the LR scaled linearly from the recipe's {recipe_lr:.1e} at batch {start}: lr x {batch}/{start})\n"
+            f"written to {_shown(folder / 'batch_size.json')}",
+            flush=True,
+        )
+    return batch
+
+
+def _train_size(datamodule: L.LightningDataModule) -> int | None:
+    """Training images per epoch on one device, if the data knows (streams may not)."""
+    try:
+        return len(datamodule.train_dataloader().dataset)
+    except (TypeError, AttributeError, NotImplementedError):
+        return None
+
+
+def _recipe_lr(model: L.LightningModule) -> float:
+    """The optimizer's base LR as the recipe configures it."""
+    params = [p for p in model.parameters() if p.requires_grad][:1]
+    return float(model.optimizer_factory(params).defaults["lr"])
+
+
+def lr_flags(model: L.LightningModule, lr: float) -> str:
+    """The command-line flag setting the model's LR to ``lr`` (with the optimizer's class when the recipe names
+    none, so the flag parses)."""
+    if "lr" in getattr(model.optimizer_factory, "keywords", {}):
+        return f"{LR_FLAG} {lr:.1e}"
+    optimizer = model.optimizer_factory([p for p in model.parameters() if p.requires_grad][:1])
+    cls = type(optimizer)
+    decay = optimizer.defaults.get("weight_decay")
+    extra = f" --model.optimizer.init_args.weight_decay {decay}" if decay is not None else ""
+    return f"--model.optimizer {cls.__module__}.{cls.__qualname__} {LR_FLAG} {lr:.1e}{extra}"
+
+
+def _require(module: str, what: str) -> None:
+    """A one-line error naming the ``tune`` extra when an optional package is missing."""
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        raise VitkitError(f"{what} needs {module}: pip install 'vitkit[tune]'")
+
+
+def _shown(path: Path) -> str:
+    from vitkit.trainer import _shown as shown
+
+    return shown(path)
