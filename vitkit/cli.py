@@ -118,7 +118,7 @@ class VitkitCLI(LightningCLI):
         try:
             super().__init__(*args, **kwargs)
         except BaseException:
-            if getattr(self, "subcommand", None) == "fit" and self.run_dir and not is_launched_process():
+            if getattr(self, "subcommand", None) in ("fit", "tune") and self.run_dir and not is_launched_process():
                 discard_if_empty(self.run_dir)  # a run that never started leaves no empty version_N behind
             raise
 
@@ -188,8 +188,9 @@ class VitkitCLI(LightningCLI):
                 config["checkpoint.dirpath"] = str(self.run_dir / "checkpoints")
             wandb_id = self.checkpoint_info.get("wandb_id") if resumed else None
             name = f"{self.run_dir.parent.name}/{self.run_dir.name}"
-        elif self.subcommand == "tune":  # a folder per tuning job beside the recipe's runs, e.g. runs/<recipe>/tune-lr
-            self.run_dir = output = tune_folder(root, config["mode"], config.get("sweep"))
+        elif self.subcommand == "tune":  # a run folder per tuning job; the same sweep command continues its own
+            command = yaml.safe_load(self.parser.dump(self.recipe_config, skip_none=False))[self.subcommand]
+            self.run_dir = output = tune_folder(root, config["mode"], config.get("sweep"), command)
             wandb_id, name = None, None
         else:  # outputs go next to the checkpoint, into its run folder (--output puts them elsewhere)
             self.run_dir = run_dir_of(self.ckpt_path) if self.ckpt_path else root

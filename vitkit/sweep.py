@@ -1,12 +1,5 @@
-"""Hyperparameter sweeps over recipe keys with Optuna: ``vitkit tune --config R --mode sweep --sweep space.yaml``.
-
-A search space file maps recipe keys, as on the command line without ``--``, to what to try::
-
-    model.optimizer.init_args.lr: loguniform 1e-5 1e-2       # a float on a log scale
-    model.head.init_args.dropout: uniform 0.0 0.3             # a float
-    trainer.accumulate_grad_batches: int 1 4                  # an integer
-    model.finetune.init_args.layer_decay: [0.65, 0.75, 0.85]  # one of these values
-    trainer.max_epochs: 3                                     # fixed for every trial
+"""Hyperparameter sweeps over recipe keys with Optuna: ``vitkit tune --config R --mode sweep --sweep space.yaml``
+(search spaces: :mod:`vitkit.sweep_space`).
 
 Each trial is a fit of the recipe with the trial's values, in its own folder (``trial_NNN/``: config.yaml and the
 logger's files; no checkpoints), judged on the recipe's ``checkpoint.monitor`` at its best epoch (by
@@ -19,7 +12,6 @@ optuna-integration).
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import json
 import os
@@ -33,10 +25,10 @@ from jsonargparse import ArgumentParser, Namespace
 from lightning.pytorch.utilities import rank_zero_info
 
 from vitkit.errors import DataError, VitkitError, concise_parse_error
+from vitkit.sweep_space import load_space, resolve_key, with_values
 
-#: ``name LOW HIGH`` search spaces; any other value is fixed (a list: choices).
-DISTRIBUTIONS = ("loguniform", "uniform", "int")
-_SPACES = "loguniform LOW HIGH, uniform LOW HIGH, int LOW HIGH, or a list of choices"
+#: The Optuna study's SQLite file in the sweep's run folder.
+STUDY = "study.db"
 
 
 @dataclass
@@ -65,128 +57,6 @@ class Recipe:
         return yaml.safe_load(self.parser.dump(namespace, skip_none=False))[self.config["subcommand"]]
 
 
-@dataclass(frozen=True)
-class Dimension:
-    """One searched key: a distribution (``kind`` with ``low``/``high``) or ``choices``."""
-
-    kind: str
-    low: float = 0.0
-    high: float = 0.0
-    choices: tuple = ()
-
-    def suggest(self, trial: Any, name: str) -> Any:
-        if self.kind == "choice":
-            labels = [_label(c) for c in self.choices]
-            return self.choices[labels.index(trial.suggest_categorical(name, labels))]
-        if self.kind == "int":
-            return trial.suggest_int(name, int(self.low), int(self.high))
-        return trial.suggest_float(name, self.low, self.high, log=self.kind == "loguniform")
-
-    def samples(self) -> list[Any]:
-        """Values to check against the recipe's types before any trial runs."""
-        return list(self.choices) if self.kind == "choice" else [self.low, self.high]
-
-    def value(self, stored: Any) -> Any:
-        """A trial's value from what Optuna stored."""
-        return self.choices[[_label(c) for c in self.choices].index(stored)] if self.kind == "choice" else stored
-
-
-def _label(choice: Any) -> Any:
-    """Optuna stores None, bool, int, float and str choices; others (lists, dicts) by their JSON."""
-    return choice if choice is None or isinstance(choice, (bool, int, float, str)) else json.dumps(choice)
-
-
-def load_space(path: Path) -> tuple[dict[str, Dimension], dict[str, Any]]:
-    """``({key: Dimension}, {key: fixed value})`` from a search space file; bad entries are one-line errors."""
-    try:
-        space = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise DataError(f"sweep file {path}: not valid YAML ({' '.join(str(err).split())}).") from None
-    if not isinstance(space, dict) or not space:
-        raise DataError(f"sweep file {path}: expected recipe keys mapped to {_SPACES} (e.g. `trainer.max_epochs: 3`).")
-    dims, fixed = {}, {}
-    for key, value in space.items():
-        where = f"sweep file {path}, {key}"
-        if isinstance(value, list):
-            if not value:
-                raise DataError(f"{where}: an empty list of choices; give at least one value.")
-            dims[str(key)] = Dimension("choice", choices=tuple(value))
-        elif isinstance(value, str) and (dim := _distribution(value, where)) is not None:
-            dims[str(key)] = dim
-        else:
-            fixed[str(key)] = value
-    if not dims:
-        raise DataError(f"sweep file {path}: nothing to search; give a key {_SPACES}.")
-    return dims, fixed
-
-
-def _distribution(text: str, where: str) -> Dimension | None:
-    """``loguniform 1e-5 1e-2`` as a Dimension; ``None`` for a plain string value (fixed)."""
-    name, *bounds = text.split()
-    if name not in DISTRIBUTIONS:
-        if bounds and all(_is_number(b) for b in bounds):
-            raise DataError(f"{where}: unknown distribution {name!r} in {text!r}; expected {_SPACES}.")
-        return None
-    if len(bounds) != 2 or not all(_is_number(b) for b in bounds):
-        raise DataError(f"{where}: {text!r} needs two numbers, e.g. `{name} {'1 4' if name == 'int' else '1e-5 1e-2'}`.")
-    low, high = float(bounds[0]), float(bounds[1])
-    if name == "int" and not (low.is_integer() and high.is_integer()):
-        raise DataError(f"{where}: {text!r} needs whole numbers.")
-    if not low < high:
-        raise DataError(f"{where}: {text!r}: LOW must be below HIGH.")
-    if name == "loguniform" and low <= 0:
-        raise DataError(f"{where}: {text!r}: a log scale needs LOW > 0.")
-    return Dimension(name, low, high)
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
-
-
-def resolve_key(recipe: dict[str, Any], key: str, where: str) -> str:
-    """``key`` as the path it has in the resolved recipe (``data.batch_size`` -> ``data.init_args.batch_size``)."""
-    node: Any = recipe
-    path: list[str] = []
-    for part in key.split("."):
-        if isinstance(node, dict) and part in node:
-            path.append(part)
-        elif isinstance(node, dict) and isinstance(node.get("init_args"), dict) and part in node["init_args"]:
-            path += ["init_args", part]
-            node = node["init_args"]
-        else:
-            if node is None and path:
-                raise DataError(f"{where}: {'.'.join(path)} is null in the recipe; give it a class first in the "
-                                f"sweep file (e.g. `{'.'.join(path)}: CLASS`).")  # fmt: skip
-            close = difflib.get_close_matches(key, _leaf_keys(recipe), n=1, cutoff=0.6)
-            hint = f" (did you mean {close[0]}?)" if close else ""
-            raise DataError(f"{where}: {key} is not a key of the recipe{hint}; see `vitkit fit --config R "
-                            "--print_config` for its keys.")  # fmt: skip
-        node = node[part]
-    return ".".join(path)
-
-
-def _leaf_keys(tree: Any, prefix: str = "") -> list[str]:
-    if not isinstance(tree, dict):
-        return [prefix]
-    return [key for name, value in tree.items() for key in _leaf_keys(value, f"{prefix}{name}.") or [prefix]]
-
-
-def with_values(recipe: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
-    """A copy of ``recipe`` with dotted ``values`` set."""
-    recipe = json.loads(json.dumps(recipe))
-    for key, value in values.items():
-        *parents, last = key.split(".")
-        node = recipe
-        for part in parents:
-            node = node[part]
-        node[last] = value
-    return recipe
-
-
 def run_sweep(recipe: Recipe, space_file: Path, trials: int, folder: Path) -> Any:
     """Run (or continue) the Optuna study of ``space_file`` over ``recipe`` in ``folder``; returns the study."""
     optuna = _optuna()
@@ -208,14 +78,17 @@ def run_sweep(recipe: Recipe, space_file: Path, trials: int, folder: Path) -> An
     monitor, mode = base["checkpoint"]["monitor"], base["checkpoint"]["mode"]
     folder.mkdir(parents=True, exist_ok=True)
     seed = base.get("seed_everything")
-    study = optuna.create_study(
-        study_name=folder.name,
-        storage=f"sqlite:///{(folder / 'study.db').resolve()}",
-        direction="maximize" if mode == "max" else "minimize",
-        sampler=optuna.samplers.TPESampler(seed=seed if isinstance(seed, int) else None),
-        pruner=optuna.pruners.MedianPruner(),
-        load_if_exists=True,
-    )
+    settings = {
+        "study_name": folder.name,
+        "storage": f"sqlite:///{(folder / STUDY).resolve()}",
+        "load_if_exists": True,
+        "direction": "maximize" if mode == "max" else "minimize",
+        "pruner": optuna.pruners.MedianPruner(),
+    }
+    study = optuna.create_study(**settings)
+    if isinstance(seed, int) and not isinstance(seed, bool):  # reproducible, but a resumed sweep draws new values
+        sampler = optuna.samplers.TPESampler(seed=seed + len(study.trials))
+        study = optuna.create_study(**settings, sampler=sampler)
     _rerun_interrupted(study)
     finished = _finished(study)
     _say(f"sweep folder: {_shown(folder)} ({len(finished)} of {trials} trials finished"
@@ -243,7 +116,7 @@ def _report(recipe: Recipe, study: Any, dims: dict, keys: dict, base: dict, fold
 
     count = {s: len(study.get_trials(deepcopy=False, states=(s,))) for s in TrialState}
     _say(f"sweep: {count[TrialState.COMPLETE]} trials complete, {count[TrialState.PRUNED]} pruned, "
-         f"{count[TrialState.FAIL]} failed; study: {_shown(folder / 'study.db')}")  # fmt: skip
+         f"{count[TrialState.FAIL]} failed; study: {_shown(folder / STUDY)}")  # fmt: skip
     if not count[TrialState.COMPLETE]:
         raise VitkitError(f"no trial of {_shown(folder)} completed: nothing to recommend (see the trials' output).")
     best = study.best_trial

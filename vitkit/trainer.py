@@ -29,7 +29,7 @@ class VitkitTrainer(L.Trainer):
 
     #: Whether ``fit`` prints the run folder and checkpoints (off while ``tune`` runs Lightning's tuner through fit).
     announce: bool = True
-    #: The parsed recipe that ``tune --mode sweep`` builds its trials from; the CLI sets it (:class:`vitkit.sweep.Recipe`).
+    #: The parsed recipe ``tune --mode sweep`` builds its trials from; the CLI sets it (:class:`vitkit.sweep.Recipe`).
     recipe: Any = None
 
     def fit(

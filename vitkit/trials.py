@@ -56,9 +56,10 @@ def fit_trial(recipe: Any, values: dict[str, Any], folder: Path, group: str, tri
     callbacks = [c for c in arguments.pop("callbacks", None) or [] if not isinstance(c, ModelCheckpoint)]
     best = BestScore(monitor, mode)
     callbacks += [best, PyTorchLightningPruningCallback(trial, monitor=monitor)]
-    if arguments.get("enable_progress_bar", True) is not False and not any(isinstance(c, ProgressBar) for c in callbacks):
+    has = lambda kind: any(isinstance(c, kind) for c in callbacks)  # noqa: E731
+    if arguments.get("enable_progress_bar", True) is not False and not has(ProgressBar):
         callbacks.append(VitkitProgressBar())
-    if arguments.get("logger") not in (None, False) and not any(isinstance(c, LearningRateMonitor) for c in callbacks):
+    if arguments.get("logger") not in (None, False) and not has(LearningRateMonitor):
         callbacks.append(LearningRateMonitor(logging_interval="step"))
     trainer = L.Trainer(**{**arguments, "callbacks": callbacks, "enable_checkpointing": False})
     if isinstance(trainer.strategy, ParallelStrategy):
@@ -72,8 +73,10 @@ def fit_trial(recipe: Any, values: dict[str, Any], folder: Path, group: str, tri
             if isinstance(logger, WandbLogger):
                 logger.experiment.finish()  # the next trial's logger would otherwise join this W&B run
     if best.value is None:
-        raise VitkitError(f"trial {trial.number}: checkpoint.monitor {monitor!r} was never logged; set "
-                          "--checkpoint.monitor to a validation metric the model logs (val/loss, val/acc, ...).")  # fmt: skip
+        raise VitkitError(
+            f"trial {trial.number}: checkpoint.monitor {monitor!r} was never logged; set --checkpoint.monitor to a "
+            "validation metric the model logs (val/loss, val/acc, ...)."
+        )
     return best.value
 
 

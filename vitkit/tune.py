@@ -1,12 +1,18 @@
 """``vitkit tune``: Lightning's learning-rate finder and batch-size scaler on a recipe's model and data, and Optuna
 sweeps over recipe keys (:mod:`vitkit.sweep`).
 
-Each tuning job writes into its own folder beside the recipe's runs (the CLI sets ``trainer.default_root_dir`` to
-it), the same folder every time the same command runs::
+Each tuning job is a run of the recipe, in its own run folder (:mod:`vitkit.runs`; the CLI sets
+``trainer.default_root_dir`` to it)::
 
-    runs/<recipe>/tune-lr/            lr_find.png (loss vs LR, the suggestion marked), lr_find.json
-    runs/<recipe>/tune-batch_size/    batch_size.json
-    runs/<recipe>/sweep-<file>/       study.db (Optuna, SQLite), trial_NNN/ (config.yaml, logs), <recipe>-best.yaml
+    runs/<recipe>/version_N/    --mode lr:          config.yaml, lr_find.png (loss vs LR, the suggestion marked),
+                                                    lr_find.json
+                                --mode batch_size:  config.yaml, batch_size.json
+                                --mode sweep:       config.yaml, sweep.yaml (the search space), study.db (Optuna,
+                                                    SQLite), trial_NNN/ (config.yaml, the logger's files),
+                                                    <recipe>-best.yaml
+
+The same sweep command again continues its folder's study (a killed sweep resumes); any other command gets a new
+folder.
 
 The LR range test runs on the model as the recipe builds it: its fine-tuning strategy's parameter groups, frozen
 parts frozen. Lightning's finder ramps every group to the same LR; vitkit keeps each group's ``lr_scale`` (layer
@@ -22,33 +28,53 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
+import yaml
 from lightning.pytorch.strategies import ParallelStrategy
 from lightning.pytorch.tuner import Tuner
-import torch
 from torch.optim import Optimizer
 
-from vitkit.errors import DataError, VitkitError
+from vitkit.errors import VitkitError
+from vitkit.runs import is_launched_process, new_run_dir, versions
+from vitkit.sweep import STUDY
+from vitkit.sweep_space import sweep_path
 
 MODES = ("lr", "batch_size", "sweep")
 #: Share taken off the largest batch that fitted, as Lightning's scaler does: memory use varies between steps.
 BATCH_MARGIN = 0.05
 LR_FLAG = "--model.optimizer.init_args.lr"
 BATCH_FLAG = "--data.init_args.batch_size"
+#: The search space a sweep ran, kept in its run folder.
+SWEEP_SPACE = "sweep.yaml"
 
 
-def tune_folder(root: Path, mode: str, sweep: str | None) -> Path:
-    """The folder of a tuning job under the recipe's runs ``root``: ``tune-lr``, ``tune-batch_size`` or
-    ``sweep-<sweep file name>`` (the same for the same command, so a sweep resumes from its database)."""
-    if mode == "sweep":
-        if not sweep:
-            raise VitkitError("--mode sweep needs a search space: --sweep FILE.yaml (recipe keys and what to try).")
-        path = Path(sweep).expanduser()
-        if not path.is_file():
-            raise DataError(f"--sweep {sweep}: no such file (a YAML search space, e.g. `trainer.max_epochs: 3`).")
-        return root / f"sweep-{path.stem}"
-    if sweep:
-        raise VitkitError(f"--sweep {sweep} is a search space for --mode sweep, not for --mode {mode}.")
-    return root / f"tune-{mode}"
+def tune_folder(root: Path, mode: str, sweep: str | None, command: dict[str, Any]) -> Path:
+    """The run folder of a tuning job: a new ``root/version_N``, except that a sweep continues the latest folder of
+    the same command (the same recipe, values and search space; ``--trials`` may differ), from its ``study.db``.
+
+    Args:
+        command: the ``vitkit tune`` command's resolved config (recorded in the folder as ``config.yaml``).
+    """
+    if mode != "sweep":
+        if sweep:
+            raise VitkitError(f"--sweep {sweep} is a search space for --mode sweep, not for --mode {mode}.")
+        return new_run_dir(root)
+    if not sweep:
+        raise VitkitError("--mode sweep needs a search space: --sweep FILE.yaml (recipe keys and what to try).")
+    space = sweep_path(sweep).read_text()
+    config = yaml.safe_dump({k: v for k, v in command.items() if k not in ("trials", "config")}, sort_keys=False)
+    for run in reversed(versions(root)):
+        if _text(run / SWEEP_SPACE) == space and _text(run / "config.yaml") == config and (run / STUDY).is_file():
+            return run
+    run = new_run_dir(root)
+    if not is_launched_process():
+        (run / SWEEP_SPACE).write_text(space)
+        (run / "config.yaml").write_text(config)
+    return run
+
+
+def _text(path: Path) -> str | None:
+    return path.read_text() if path.is_file() else None
 
 
 def run_tune(
@@ -74,7 +100,7 @@ def run_tune(
                 "--mode sweep runs each trial on one device (drop --trainer.devices / --trainer.strategy, or set "
                 "--trainer.devices 1); for more devices, scale the best LR by the linear rule afterwards."
             )
-        return run_sweep(trainer.recipe, Path(sweep or ""), trials, Path(trainer.default_root_dir))
+        return run_sweep(trainer.recipe, sweep_path(sweep or ""), trials, Path(trainer.default_root_dir))
     if mode == "batch_size" and isinstance(trainer.strategy, ParallelStrategy):
         raise VitkitError(
             "--mode batch_size: Lightning's batch-size search does not run under DDP or other multi-device "
@@ -153,7 +179,11 @@ def steepest_descent(lrs: list[float], losses: list[float], skip_begin: int = 10
     Lightning's rule (``_LRFinder.suggestion``), but differentiated with respect to ``log10(lr)``, the scale its
     exponential ramp samples on; Lightning 2.6 takes the gradient with respect to the LR itself, which makes the
     smallest LRs' tiny steps look steepest (Lightning issue #21141)."""
-    points = [(lr, loss) for lr, loss in list(zip(lrs, losses))[skip_begin:-skip_end or None] if math.isfinite(loss)]
+    points = [
+        (lr, loss)
+        for lr, loss in list(zip(lrs, losses, strict=True))[skip_begin : -skip_end or None]
+        if math.isfinite(loss)
+    ]
     if len(points) < 3:
         return None
     rates, values = torch.tensor([p[0] for p in points]).log10(), torch.tensor([p[1] for p in points])
@@ -171,7 +201,7 @@ def _keep_group_scales(optimizer: Optimizer) -> list[Any]:
             group["lr"] = group["lr"] * group.get("lr_scale", 1.0)
 
     def restore(opt: Optimizer, args: Any, kwargs: Any) -> None:
-        for group, lr in zip(opt.param_groups, saved):
+        for group, lr in zip(opt.param_groups, saved, strict=True):
             group["lr"] = lr
 
     return [optimizer.register_step_pre_hook(scale), optimizer.register_step_post_hook(restore)]
