@@ -31,6 +31,13 @@ from vitkit.sweep_space import load_space, resolve_key, with_values
 STUDY = "study.db"
 
 
+def sweep_record(space_file: Path, command: dict[str, Any]) -> dict[str, str]:
+    """What a sweep keeps in its run folder to be found again by the same command: ``sweep.yaml``, the search space,
+    and ``config.yaml``, the ``vitkit tune`` command's resolved config (without ``--trials``, which may grow)."""
+    config = {k: v for k, v in command.items() if k not in ("trials", "config")}
+    return {"sweep.yaml": space_file.read_text(), "config.yaml": yaml.safe_dump(config, sort_keys=False)}
+
+
 @dataclass
 class Recipe:
     """The recipe a ``vitkit tune`` command parsed (before the CLI set its folders), and the CLI's parser, which
@@ -77,6 +84,8 @@ def run_sweep(recipe: Recipe, space_file: Path, trials: int, folder: Path) -> An
         recipe.parse(with_values(base, sample), where)
     monitor, mode = base["checkpoint"]["monitor"], base["checkpoint"]["mode"]
     folder.mkdir(parents=True, exist_ok=True)
+    for name, text in sweep_record(space_file, recipe.as_dict()).items():
+        (folder / name).write_text(text)
     seed = base.get("seed_everything")
     settings = {
         "study_name": folder.name,

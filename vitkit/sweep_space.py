@@ -136,9 +136,10 @@ def resolve_key(recipe: dict[str, Any], key: str, where: str) -> str:
 
 
 def _leaf_keys(tree: Any, prefix: str = "") -> list[str]:
-    if not isinstance(tree, dict):
-        return [prefix]
-    return [key for name, value in tree.items() for key in _leaf_keys(value, f"{prefix}{name}.") or [prefix]]
+    """Every dotted key of ``tree`` (``a.b.c``), for the "did you mean" hint."""
+    if not isinstance(tree, dict) or not tree:
+        return [prefix] if prefix else []
+    return [key for name, value in tree.items() for key in _leaf_keys(value, f"{prefix}.{name}" if prefix else name)]
 
 
 def with_values(recipe: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:

@@ -29,23 +29,20 @@ from typing import Any
 
 import lightning as L
 import torch
-import yaml
 from lightning.pytorch.strategies import ParallelStrategy
 from lightning.pytorch.tuner import Tuner
 from torch.optim import Optimizer
 
 from vitkit.errors import VitkitError
-from vitkit.runs import is_launched_process, new_run_dir, versions
-from vitkit.sweep import STUDY
-from vitkit.sweep_space import sweep_path
+from vitkit.runs import new_run_dir, versions
+from vitkit.sweep import STUDY, sweep_record
+from vitkit.sweep_space import load_space, sweep_path
 
 MODES = ("lr", "batch_size", "sweep")
 #: Share taken off the largest batch that fitted, as Lightning's scaler does: memory use varies between steps.
 BATCH_MARGIN = 0.05
 LR_FLAG = "--model.optimizer.init_args.lr"
 BATCH_FLAG = "--data.init_args.batch_size"
-#: The search space a sweep ran, kept in its run folder.
-SWEEP_SPACE = "sweep.yaml"
 
 
 def tune_folder(root: Path, mode: str, sweep: str | None, command: dict[str, Any]) -> Path:
@@ -61,16 +58,13 @@ def tune_folder(root: Path, mode: str, sweep: str | None, command: dict[str, Any
         return new_run_dir(root)
     if not sweep:
         raise VitkitError("--mode sweep needs a search space: --sweep FILE.yaml (recipe keys and what to try).")
-    space = sweep_path(sweep).read_text()
-    config = yaml.safe_dump({k: v for k, v in command.items() if k not in ("trials", "config")}, sort_keys=False)
-    for run in reversed(versions(root)):
-        if _text(run / SWEEP_SPACE) == space and _text(run / "config.yaml") == config and (run / STUDY).is_file():
+    path = sweep_path(sweep)
+    load_space(path)  # a space that does not parse fails now, before any model is built
+    record = sweep_record(path, command)
+    for run in reversed(versions(root)):  # the same command's sweep, to continue
+        if (run / STUDY).is_file() and all(_text(run / name) == text for name, text in record.items()):
             return run
-    run = new_run_dir(root)
-    if not is_launched_process():
-        (run / SWEEP_SPACE).write_text(space)
-        (run / "config.yaml").write_text(config)
-    return run
+    return new_run_dir(root)  # vitkit.sweep.run_sweep writes the record once the space fits the recipe
 
 
 def _text(path: Path) -> str | None:

@@ -1,0 +1,110 @@
+"""`vitkit tune` through the CLI as users type it: the LR range test, the batch-size search, Optuna sweeps."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+import yaml
+
+from tests.conftest import TINY_VIT
+from tests.helpers import REPO, VITKIT, vitkit
+
+pytestmark = pytest.mark.slow
+
+#: The quickstart recipe shrunk to a 2-block ViT of 8x8 patches, data loaded in-process, no logger.
+TINY = ["--model.backbone.init_args.model_kwargs", json.dumps(TINY_VIT["model_kwargs"]), "--data.num_workers", "0",
+        "--data.batch_size", "16", "--trainer.logger", "false"]  # fmt: skip
+LR_FLAG = re.compile(r"--model\.optimizer\.init_args\.lr (\S+)")
+
+
+def best_score(run: Path) -> float:
+    """The best ``val/acc`` a fit's ModelCheckpoint kept."""
+    state = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["callbacks"]
+    return next(float(s["best_model_score"]) for k, s in state.items() if "val/acc" in k)
+
+
+def test_lr_finder_suggests_an_lr_that_trains_where_100x_it_does_not(tmp_path, shapes_root):
+    tuned = vitkit("tune", "--config", "quickstart", "--data.root", shapes_root, *TINY, "--mode", "lr", cwd=tmp_path)
+    run = tmp_path / "runs" / "quickstart" / "version_0"
+    record = json.loads((run / "lr_find.json").read_text())
+    (flag,) = LR_FLAG.findall(tuned.stdout)
+    lr = float(flag)
+    assert lr == pytest.approx(record["suggestion"], rel=0.05) and 1e-7 < lr < 1.0
+    assert (run / "lr_find.png").read_bytes()[:4] == b"\x89PNG" and (run / "config.yaml").is_file()
+    for rate in (lr, 100 * lr):
+        vitkit("fit", "--config", "quickstart", "--data.root", shapes_root, *TINY, "--trainer.max_epochs", "2",
+               "--model.optimizer.init_args.lr", rate, cwd=tmp_path)  # fmt: skip
+    at_suggestion, at_100x = best_score(run.with_name("version_1")), best_score(run.with_name("version_2"))
+    assert at_suggestion >= 0.6 and at_suggestion > at_100x + 0.1, (lr, at_suggestion, at_100x)  # chance: 0.25
+
+
+def test_batch_size_search_stops_at_the_given_limit_and_scales_the_lr(tmp_path, shapes_root):
+    tuned = vitkit("tune", "--config", "quickstart", "--data.root", shapes_root, *TINY, "--mode", "batch_size",
+                   "--max_batch_size", "24", cwd=tmp_path)  # fmt: skip
+    # The recipe (with --data.batch_size 16) runs AdamW at 1e-3: linearly scaled to 24, 1.5e-3.
+    assert "--data.init_args.batch_size 24 --model.optimizer.init_args.lr 1.5e-03" in tuned.stdout
+    record = json.loads((tmp_path / "runs" / "quickstart" / "version_0" / "batch_size.json").read_text())
+    assert record["largest_fitted"] == 24 and record["recipe_batch_size"] == 16
+
+
+def test_sweep_killed_mid_trial_resumes_from_its_database_and_its_best_recipe_fits(tmp_path, shapes_root):
+    command = ["tune", "--config", "quickstart", "--data.root", shapes_root, *TINY, "--trainer.limit_train_batches",
+               "2", "--mode", "sweep", "--sweep", "quickstart", "--trials", "3"]  # fmt: skip
+    run = tmp_path / "runs" / "quickstart" / "version_0"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "offline"}
+    with open(tmp_path / "killed.log", "w") as log:
+        process = subprocess.Popen([VITKIT, *map(str, command)], cwd=tmp_path, env=env, stdout=log, stderr=log,
+                                   start_new_session=True)  # fmt: skip
+        deadline = time.monotonic() + 240
+        while not (run / "trial_001").is_dir() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        os.killpg(process.pid, signal.SIGKILL)  # as a crash or a lost machine would: no clean-up
+        process.wait()
+    assert (run / "trial_001").is_dir(), (tmp_path / "killed.log").read_text()
+
+    resumed = vitkit(*command, cwd=tmp_path)
+    output = resumed.stdout + resumed.stderr
+    assert "1 of 3 trials finished, resuming" in output and "trial 1 was interrupted: it runs again" in output
+    assert sorted(p.name for p in run.parent.iterdir()) == ["version_0"]  # the same folder, not a new sweep
+    study = optuna.load_study(study_name="version_0", storage=f"sqlite:///{run / 'study.db'}")
+    states = [t.state for t in study.trials]
+    assert states.count(optuna.trial.TrialState.COMPLETE) == 3 and states.count(optuna.trial.TrialState.FAIL) == 1
+    assert study.trials[2].params == study.trials[1].params  # the interrupted trial ran again, first
+    assert len({t.params["model.optimizer.init_args.lr"] for t in study.trials}) == 3  # resuming drew new values
+
+    best = run / "quickstart-best.yaml"
+    recipe = yaml.safe_load(best.read_text())
+    best_lr = study.best_trial.params["model.optimizer.init_args.lr"]
+    assert recipe["model"]["optimizer"]["init_args"]["lr"] == pytest.approx(best_lr)
+    assert f"--model.optimizer.init_args.lr {best_lr:.4g}" in resumed.stdout
+    vitkit("fit", "--config", best, "--trainer.max_epochs", "1", cwd=tmp_path)
+    fitted = yaml.safe_load((run.with_name("version_1") / "config.yaml").read_text())
+    assert fitted["model"]["optimizer"]["init_args"]["lr"] == pytest.approx(best_lr)
+    assert (run.with_name("version_1") / "checkpoints" / "last.ckpt").is_file()
+
+
+@pytest.mark.parametrize(
+    ("space", "says"),
+    [
+        ("model.optimizer.init_args.learning_rate: loguniform 1e-4 1e-2\n",
+         "model.optimizer.init_args.learning_rate is not a key of the recipe (did you mean "
+         "model.optimizer.init_args.lr?)"),
+        ("model.optimizer.init_args.lr: loguniform 1e-2\n", "'loguniform 1e-2' needs two numbers"),
+    ],
+)  # fmt: skip
+def test_bad_sweep_key_or_space_is_one_line(tmp_path, shapes_root, space, says):
+    (tmp_path / "space.yaml").write_text(space)
+    result = vitkit("tune", "--config", "quickstart", "--data.root", shapes_root, *TINY, "--mode", "sweep",
+                    "--sweep", "space.yaml", check=False, cwd=tmp_path)  # fmt: skip
+    errors = [line for line in result.stderr.splitlines() if line.startswith("vitkit: error")]
+    assert result.returncode == 2 and len(errors) == 1 and says in errors[0], result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "runs" / "quickstart" / "version_0").exists()
