@@ -88,3 +88,17 @@ def test_suggestion_is_where_the_loss_falls_fastest_per_decade():
     suggestion = steepest_descent(lrs, losses)
     assert 5e-4 < suggestion < 2e-3
     assert steepest_descent(lrs[:12], losses[:12]) is None  # too few points after the skipped start
+
+
+def test_trials_that_log_to_wandb_join_the_sweeps_group(tmp_path):
+    from jsonargparse import Namespace
+
+    from vitkit.loggers import configure_loggers
+    from vitkit.trials import _join_group
+
+    logger = Namespace(class_path="vitkit.loggers.WandbLogger", init_args=Namespace(project="vitkit"))
+    csv = Namespace(class_path="lightning.pytorch.loggers.CSVLogger", init_args=Namespace())
+    config = configure_loggers([logger, csv], tmp_path / "trial_000", None, "quickstart/version_0/trial_000")
+    _join_group(config, "quickstart/version_0")
+    assert config[0].init_args.group == "quickstart/version_0" and "group" not in config[1].init_args
+    assert config[0].init_args.save_dir == str(tmp_path / "trial_000")

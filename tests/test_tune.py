@@ -33,7 +33,8 @@ def best_score(run: Path) -> float:
 
 
 def test_lr_finder_suggests_an_lr_that_trains_where_100x_it_does_not(tmp_path, shapes_root):
-    tuned = vitkit("tune", "--config", "quickstart", "--data.root", shapes_root, *TINY, "--mode", "lr", cwd=tmp_path)
+    tuned = vitkit("tune", "--config", "quickstart", "--data.root", shapes_root, *TINY, "--mode", "lr",
+                   "--lr_steps", "50", cwd=tmp_path)  # fmt: skip
     run = tmp_path / "runs" / "quickstart" / "version_0"
     record = json.loads((run / "lr_find.json").read_text())
     (flag,) = LR_FLAG.findall(tuned.stdout)
