@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import pytest
 
 from vitkit.errors import DataError
 from vitkit.sweep_space import SWEEPS_DIR, Dimension, load_space, resolve_key, sweep_path, with_values
-from vitkit.tune import steepest_descent
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -79,15 +77,6 @@ def test_sweep_names_a_shipped_space_or_a_file(tmp_path):
     assert sweep_path(str(own)) == own
     with pytest.raises(DataError, match="no such file or shipped search space"):
         sweep_path(str(tmp_path / "missing.yaml"))
-
-
-def test_suggestion_is_where_the_loss_falls_fastest_per_decade():
-    lrs = [10 ** (-6 + 5 * i / 99) for i in range(100)]  # 1e-6 .. 1e-1
-    # Flat, a steep fall around 1e-3, flat, then divergence.
-    losses = [2.0 - 1.5 / (1 + math.exp(-8 * (math.log10(lr) + 3))) + (50 * lr if lr > 0.02 else 0) for lr in lrs]
-    suggestion = steepest_descent(lrs, losses)
-    assert 5e-4 < suggestion < 2e-3
-    assert steepest_descent(lrs[:12], losses[:12]) is None  # too few points after the skipped start
 
 
 def test_trials_that_log_to_wandb_join_the_sweeps_group(tmp_path):
