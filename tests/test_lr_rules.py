@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
-from vitkit.tune import _keep_group_scales, steepest_descent
+from vitkit.lr_find import _keep_group_scales, smoothed, steepest_descent
 
 
 def test_suggestion_is_where_the_loss_falls_fastest_per_decade():
@@ -33,3 +34,8 @@ def test_groups_keep_their_lr_scale_while_the_finder_sets_one_lr_for_all():
     assert [g["lr"] for g in optimizer.param_groups] == [0.1, 0.1]  # and the finder sees its own LR again
     for hook in hooks:
         hook.remove()
+
+
+def test_smoothed_loss_is_the_bias_corrected_running_average_from_the_first_step():
+    assert smoothed([2.0, 2.0, float("nan"), 2.0]) == pytest.approx([2.0, 2.0, math.nan, 2.0], nan_ok=True)
+    assert smoothed([1.0, 3.0], beta=0.5) == pytest.approx([1.0, (0.25 + 1.5) / 0.75])

@@ -14,10 +14,7 @@ Each tuning job is a run of the recipe, in its own run folder (:mod:`vitkit.runs
 The same sweep command again continues its folder's study (a killed sweep resumes); any other command gets a new
 folder.
 
-The LR range test runs on the model as the recipe builds it: its fine-tuning strategy's parameter groups, frozen
-parts frozen. Lightning's finder ramps every group to the same LR; vitkit keeps each group's ``lr_scale`` (layer
-decay) during the test, so the ramp's LR, the plot's x axis and the suggestion are the optimizer's base LR, the
-value ``--model.optimizer.init_args.lr`` sets. The recipe's LR schedule (warm-up, cosine) is not part of the test.
+The LR range test is in :mod:`vitkit.lr_find`.
 """
 
 from __future__ import annotations
@@ -28,10 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import torch
 from lightning.pytorch.strategies import ParallelStrategy
 from lightning.pytorch.tuner import Tuner
-from torch.optim import Optimizer
 
 from vitkit.errors import VitkitError
 from vitkit.runs import new_run_dir, versions
@@ -104,119 +99,12 @@ def run_tune(
     trainer.announce = False  # Lightning's tuner runs through fit; this is no training run
     try:
         if mode == "lr":
+            from vitkit.lr_find import find_lr
+
             return find_lr(trainer, model, datamodule, min_lr, max_lr, lr_steps)
         return find_batch_size(trainer, model, datamodule, max_batch_size)
     finally:
         trainer.announce = True
-
-
-def find_lr(
-    trainer: L.Trainer,
-    model: L.LightningModule,
-    datamodule: L.LightningDataModule | None,
-    min_lr: float = 1e-7,
-    max_lr: float = 1.0,
-    steps: int = 100,
-) -> float:
-    """Lightning's LR range test on ``model``, each parameter group at its own ``lr_scale``; writes ``lr_find.png``
-    and ``lr_find.json`` into ``trainer.default_root_dir`` and prints the flag to paste. Returns the suggested LR."""
-    if not 0 < min_lr < max_lr:
-        raise VitkitError(f"--min_lr {min_lr} and --max_lr {max_lr}: expected 0 < min_lr < max_lr.")
-    _require("matplotlib", "the LR plot")
-    recipe_lr = _recipe_lr(model)
-    # Enough epochs for `steps` steps on the smallest data (the recipe's epochs may be fewer); the finder stops itself.
-    trainer.fit_loop.max_epochs = max(trainer.max_epochs or 0, steps)
-    # The test tracks the training loss only: no validation between its epochs (small data has many).
-    validate_every, trainer.check_val_every_n_epoch = trainer.check_val_every_n_epoch, trainer.max_epochs + 1
-    original, handles = model.optimizer_factory, []
-
-    def factory(params: Any) -> Optimizer:
-        optimizer = original(params)
-        handles.extend(_keep_group_scales(optimizer))
-        return optimizer
-
-    model.optimizer_factory = factory
-    try:
-        finder = Tuner(trainer).lr_find(model, datamodule=datamodule, min_lr=min_lr, max_lr=max_lr,
-                                        num_training=steps, update_attr=False)  # fmt: skip
-    finally:
-        model.optimizer_factory, trainer.check_val_every_n_epoch = original, validate_every
-        for handle in handles:
-            handle.remove()
-    lrs, losses = (finder.results["lr"], finder.results["loss"]) if finder is not None else ([], [])
-    suggestion = steepest_descent(lrs, losses)
-    if suggestion is None:
-        raise VitkitError(
-            f"the LR range test took too few steps to suggest an LR ({len(lrs)} of --lr_steps {steps}): the loss "
-            "diverged early (lower --max_lr) or the data is too small."
-        )
-    if trainer.is_global_zero:
-        folder = Path(trainer.default_root_dir)
-        folder.mkdir(parents=True, exist_ok=True)
-        record = {"suggestion": suggestion, "recipe_lr": recipe_lr, "lr": lrs, "loss": losses}
-        (folder / "lr_find.json").write_text(json.dumps(record, indent=1) + "\n")
-        plot = _plot_lr(finder, suggestion, recipe_lr, folder / "lr_find.png")
-        stopped = f" (stopped at {lrs[-1]:.1e}: the loss diverged)" if len(lrs) < steps else ""
-        print(
-            f"LR range test: {len(lrs)} steps from {min_lr:.0e} to {max_lr:.0e}{stopped}\n"
-            f"suggested learning rate: {suggestion:.1e} (steepest loss descent; the recipe's: {recipe_lr:.1e})\n"
-            f"  {lr_flags(model, suggestion)}\n"
-            f"plot: {_shown(plot)}",
-            flush=True,
-        )
-    return suggestion
-
-
-def steepest_descent(lrs: list[float], losses: list[float], skip_begin: int = 10, skip_end: int = 1) -> float | None:
-    """The LR where the smoothed loss falls fastest per decade of LR (``None`` with fewer than 3 usable points).
-
-    Lightning's rule (``_LRFinder.suggestion``), but differentiated with respect to ``log10(lr)``, the scale its
-    exponential ramp samples on; Lightning 2.6 takes the gradient with respect to the LR itself, which makes the
-    smallest LRs' tiny steps look steepest (Lightning issue #21141)."""
-    points = [
-        (lr, loss)
-        for lr, loss in list(zip(lrs, losses, strict=True))[skip_begin : -skip_end or None]
-        if math.isfinite(loss)
-    ]
-    if len(points) < 3:
-        return None
-    rates, values = torch.tensor([p[0] for p in points]).log10(), torch.tensor([p[1] for p in points])
-    slopes = torch.gradient(values, spacing=[rates])[0]
-    return points[int(slopes.argmin())][0]
-
-
-def _keep_group_scales(optimizer: Optimizer) -> list[Any]:
-    """Step hooks running each parameter group at the finder's LR times the group's ``lr_scale`` (layer decay)."""
-    saved: list[float] = []
-
-    def scale(opt: Optimizer, args: Any, kwargs: Any) -> None:
-        saved[:] = [group["lr"] for group in opt.param_groups]
-        for group in opt.param_groups:
-            group["lr"] = group["lr"] * group.get("lr_scale", 1.0)
-
-    def restore(opt: Optimizer, args: Any, kwargs: Any) -> None:
-        for group, lr in zip(opt.param_groups, saved, strict=True):
-            group["lr"] = lr
-
-    return [optimizer.register_step_pre_hook(scale), optimizer.register_step_post_hook(restore)]
-
-
-def _plot_lr(finder: Any, suggestion: float, recipe_lr: float, path: Path) -> Path:
-    """Loss vs LR (Lightning's plot, the suggestion marked) with the recipe's LR for comparison, as a PNG."""
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(6, 4), layout="constrained")
-    axes = figure.subplots()
-    finder.plot(suggest=False, ax=axes)  # Lightning's own mark uses its suggestion (see steepest_descent)
-    index = finder.results["lr"].index(suggestion)
-    axes.plot(suggestion, finder.results["loss"][index], "o", color="red", markersize=8,
-              label=f"suggested {suggestion:.1e}")  # fmt: skip
-    axes.axvline(recipe_lr, color="gray", linestyle=":", linewidth=1, label=f"recipe {recipe_lr:.1e}")
-    axes.set_xlabel("learning rate (base LR; groups keep their lr_scale)")
-    axes.set_ylabel("training loss (smoothed)")
-    axes.legend()
-    figure.savefig(path, dpi=100)
-    return path
 
 
 def find_batch_size(
