@@ -96,8 +96,8 @@ def _point_at(item: Namespace, folder: Path, wandb_id: str | None, name: str | N
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
     from lightning.pytorch.loggers import WandbLogger as LightningWandb
 
-    module, _, name = item.class_path.rpartition(".")
-    cls = getattr(importlib.import_module(module), name)
+    module, _, class_name = item.class_path.rpartition(".")  # not `name`: that is the run's name
+    cls = getattr(importlib.import_module(module), class_name)
     if item.get("init_args") is None:
         item.init_args = Namespace()
     args = item.init_args
