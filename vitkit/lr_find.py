@@ -40,7 +40,7 @@ class LossRecorder:
             trainer = self.model.trainer
             if (trainer.fit_loop.batch_idx + 1) % trainer.accumulate_grad_batches == 0:
                 loss = output.get("loss") if isinstance(output, dict) else output
-                self.losses.append(float(loss) if loss is not None else float("nan"))
+                self.losses.append(float(loss.detach()) if loss is not None else float("nan"))
             return output
 
         self.model.training_step = training_step
