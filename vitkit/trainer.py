@@ -175,8 +175,8 @@ class VitkitTrainer(L.Trainer):
             mode: ``lr``: Lightning's LR range test, a plot and the suggested ``--model.optimizer.init_args.lr``;
                 ``batch_size``: Lightning's batch-size scaler (binary search), with the LR scaled linearly to it;
                 ``sweep``: an Optuna study over the recipe keys in ``sweep`` (needs the ``tune`` extra).
-            sweep: YAML search space: recipe keys mapped to ``loguniform LOW HIGH``, ``uniform LOW HIGH``,
-                ``int LOW HIGH``, a list of choices, or a fixed value.
+            sweep: a YAML search space file, or a shipped one's name (``quickstart``): recipe keys mapped to
+                ``loguniform LOW HIGH``, ``uniform LOW HIGH``, ``int LOW HIGH``, a list of choices, or a fixed value.
             trials: finished trials the study should hold; the same command continues a stopped sweep up to it.
             min_lr: lowest LR of the range test.
             max_lr: highest LR of the range test (it stops earlier when the loss diverges).
