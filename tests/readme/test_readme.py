@@ -142,8 +142,9 @@ def test_every_readme_command_runs_as_written_and_writes_only_into_runs(project,
 
     runs = project / "runs"
     quickstart = runs / "quickstart"
-    # The first fit made version_0; resuming the finished run trained nothing; the copied recipe has its own runs.
-    assert sorted(p.name for p in quickstart.iterdir()) == ["version_0"]
+    # The first fit made version_0; resuming the finished run made no new one; the shards and the Hugging Face
+    # dataset trained version_1 and version_2; the copied recipe has its own runs.
+    assert sorted(p.name for p in quickstart.iterdir()) == ["version_0", "version_1", "version_2"]
     assert (runs / "my_recipe" / "version_0" / "checkpoints" / "last.ckpt").is_file()
     # Tuning: the LR plot, the batch-size search, a 3-trial sweep, and a fit of its best recipe in the recipe's runs.
     tuned = runs / "my_recipe"
