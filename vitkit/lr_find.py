@@ -127,7 +127,7 @@ def steepest_descent(lrs: list[float], losses: list[float], skip_begin: int = 10
 
     Lightning's rule (``_LRFinder.suggestion``), but differentiated with respect to ``log10(lr)``, the scale its
     exponential ramp samples on; Lightning 2.6 takes the gradient with respect to the LR itself, which makes the
-    smallest LRs' tiny steps look steepest (Lightning issue #21141)."""
+    smallest LRs' tiny steps look steepest."""
     points = [
         (lr, loss)
         for lr, loss in list(zip(lrs, losses, strict=True))[skip_begin : -skip_end or None]
