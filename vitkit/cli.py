@@ -400,8 +400,11 @@ def main(args: list[str] | None = None) -> None:
             save_config_callback=ConfigToLoggers,
             seed_everything_default=0,
             parser_kwargs={
-                "epilog": "Also: `vitkit recipes` lists the shipped recipes; `vitkit check-data --data.root DIR` "
-                "scans a dataset before training (images per class, sizes, unreadable files)."
+                "description": "vitkit: transfer learning with Vision Transformers (timm + Lightning). Start with "
+                "`vitkit fit --config quickstart --data.root my_images`.",
+                "epilog": "Also: `vitkit recipes` lists the shipped recipes (`--config NAME`); `vitkit check-data "
+                "--data.root DIR` scans a dataset before training; `vitkit shard --data.root DIR --output OUT` writes "
+                "WebDataset shards.",
             },
             save_config_kwargs={"overwrite": True},
         )

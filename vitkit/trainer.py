@@ -37,7 +37,9 @@ class VitkitTrainer(L.Trainer):
         weights_only: bool | None = None,
         report: bool = True,
     ) -> None:
-        """Lightning's fit, saying where the run's folder is when it starts, and its best and last checkpoints when it
+        """Train a model into a new run folder (or resume one: --ckpt_path last); print its best and last checkpoints.
+
+        Lightning's fit, saying where the run's folder is when it starts, and its best and last checkpoints when it
         ends (or how to resume it when it was interrupted).
 
         Args:
@@ -88,7 +90,7 @@ class VitkitTrainer(L.Trainer):
         weights_only: bool | None = None,
         output: str | None = None,
     ) -> list[Mapping[str, float]]:
-        """Lightning's validate; the metrics are also written to ``metrics.json``.
+        """Score a checkpoint on its data's val split; the metrics also go to <run>/validate/metrics.json.
 
         Args:
             ckpt_path: the checkpoint to score: a file, ``best`` or ``last`` (the latest run's).
@@ -107,7 +109,7 @@ class VitkitTrainer(L.Trainer):
         weights_only: bool | None = None,
         output: str | None = None,
     ) -> list[Mapping[str, float]]:
-        """Lightning's test on the data's test split; the metrics are also written to ``metrics.json``.
+        """Score a checkpoint on its data's test split; the metrics also go to <run>/test/metrics.json.
 
         Args:
             ckpt_path: the checkpoint to score: a file, ``best`` or ``last`` (the latest run's).
@@ -137,7 +139,7 @@ class VitkitTrainer(L.Trainer):
         weights_only: bool | None = None,
         output: str | None = None,
     ) -> Any:
-        """Lightning's predict; with vitkit's CSV writer, one row per image.
+        """Predict every image of a folder (--data.predict_root) or of the test/val split, one CSV row per image.
 
         Args:
             ckpt_path: the trained checkpoint: a file, ``best`` or ``last`` (the latest run's).

@@ -57,7 +57,8 @@ PLACEHOLDERS = {
     "--trainer.devices 8": "--trainer.devices 2",
 }
 #: What the project folder may hold after the README: its placeholders and what commands were asked to write.
-EXPECTED = {"my_images", "new_photos", "my_split_images", "demo_data", "runs", "my_recipe.yaml", "readme_block.py"}
+EXPECTED = {"my_images", "new_photos", "my_split_images", "demo_data", "runs", "my_recipe.yaml", "readme_block.py",
+            "my_shards", "my_dataset"}  # fmt: skip
 
 
 def blocks(text: str) -> list[tuple[str, str]]:

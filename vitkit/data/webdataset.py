@@ -9,6 +9,7 @@ import tarfile
 from functools import cached_property
 from typing import Any
 
+from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import IterableDataset, default_collate
 
 from vitkit.data.base import ImageDataModule
@@ -68,6 +69,7 @@ class WebDatasetDataModule(ImageDataModule):
         self.shuffle_buffer = shuffle_buffer
         self.samples_per_epoch = samples_per_epoch
         self.seed = seed
+        self._workers: dict[str, int] = {}  # DataLoader workers per split: no more than the shards can feed
 
     @cached_property
     def class_names(self) -> list[str] | None:  # type: ignore[override]
@@ -111,7 +113,7 @@ class WebDatasetDataModule(ImageDataModule):
         dataset = self.datasets.get(split)
         if not isinstance(dataset, IterableDataset):
             return super()._loader(split, shuffle)
-        return stream_loader(dataset, self.num_workers)
+        return stream_loader(dataset, self._workers.get(split, self.num_workers))
 
     def _pipeline(self, urls: list[str], split: str) -> IterableDataset:
         """shards -> split by process and worker -> (shuffled) -> samples -> (shuffled) -> decoded -> batches.
@@ -122,6 +124,11 @@ class WebDatasetDataModule(ImageDataModule):
         train = split == "train"
         world, rank = self._world()
         workers = max(1, self.num_workers)
+        if train and world <= len(urls) < world * workers:  # each worker reads whole shards: fewer workers
+            workers = len(urls) // world
+            rank_zero_info(f"vitkit: {len(urls)} train shard(s) for {world} process(es): reading with {workers} "
+                           "DataLoader worker(s) per process (more shards: vitkit shard --maxcount N)")  # fmt: skip
+        self._workers[split] = workers if self.num_workers > 0 else 0
         by_sample = not train and world > max(1, len(urls))
         decoder = StreamDecoder(self.transform(train), self.on_bad_image, f"the {split} shards", split != "predict")
         handler = wds.warn_and_continue if self.on_bad_image == "skip" else wds.reraise_exception
