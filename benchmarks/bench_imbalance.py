@@ -5,7 +5,7 @@ train (100/40/12/5 images) and a balanced val split (20 per class). The same sma
 4x4 patches, 4 blocks, from scratch) is trained with the same budget four ways; the table gives val macro-F1,
 balanced accuracy and the rarest class's recall (mean over seeds). Not a test: numbers, printed and saved as JSON.
 
-    .venv/bin/python benchmarks/bench_imbalance.py [--epochs 15] [--seeds 2] [--out benchmarks/results/imbalance.json]
+    .venv/bin/python benchmarks/bench_imbalance.py [--epochs 12] [--seeds 2] [--out benchmarks/results/imbalance.json]
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def long_tailed(root: Path) -> Path:
 
 def run(root: Path, task_args: dict, sampler: str | None, epochs: int, seed: int, folder: Path) -> dict[str, float]:
     L.seed_everything(seed, verbose=False)
-    data = ClassFolderDataModule(root, batch_size=32, num_workers=2, sampler=sampler,
+    data = ClassFolderDataModule(root, batch_size=32, num_workers=0, sampler=sampler,
                                  augment={"scale": (0.5, 1.0), "hflip": 0.5})  # fmt: skip
     model = TransferModule(
         Backbone(**VIT), num_outputs=data.num_outputs, class_names=data.class_names, label_stats=data.label_stats,
@@ -76,7 +76,7 @@ def run(root: Path, task_args: dict, sampler: str | None, epochs: int, seed: int
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=15)
+    parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/imbalance.json"))
     args = parser.parse_args()
@@ -84,11 +84,13 @@ def main() -> None:
     root = long_tailed(work / "data")
     rows = []
     for name, (task_args, sampler) in VARIANTS.items():
-        results = [run(root, task_args, sampler, args.epochs, seed, work / "runs") for seed in range(args.seeds)]
+        results = []
+        for seed in range(args.seeds):
+            results.append(run(root, task_args, sampler, args.epochs, seed, work / "runs"))
+            print(f"{name}, seed {seed}: {results[-1]}", flush=True)
         row = {"variant": name, **{k: sum(r[k] for r in results) / len(results) for k in results[0]}}
         row["f1_macro_per_seed"] = [round(r["f1_macro"], 3) for r in results]
         rows.append(row)
-        print(f"{name}: {row}", flush=True)
     tail = "/".join(str(c) for c in TAIL.values())
     print(f"\ntrain {tail} images ({', '.join(TAIL)}), val 20 each; {args.epochs} epochs, mean of {args.seeds} seeds")
     print(f"| {'variant':<20} | macro-F1 | balanced acc | recall of {min(TAIL, key=TAIL.get):<8} | s/run |")

@@ -101,8 +101,14 @@ def test_thresholds_and_temperature_are_read_back_by_predict_and_an_onnx_run(tmp
 
     manifest = make_multilabel_manifest(tmp_path / "data", n=60, seed=4)
     vitkit("fit", "--config", "multilabel", "--data.init_args.csv", manifest, "--trainer.max_epochs", "2",
-           "--trainer.logger", "false", "--data.init_args.num_workers", "0", "--report", "false", cwd=tmp_path)  # fmt: skip
-    last = tmp_path / "runs/multilabel/version_0/checkpoints/last.ckpt"
+           "--trainer.logger", "false", "--data.init_args.num_workers", "0", cwd=tmp_path)  # fmt: skip
+    run = tmp_path / "runs/multilabel/version_0"
+    # The report at the end of fit shows the thresholds of the checkpoint it describes (the best).
+    (best,) = (run / "checkpoints").glob("best-*.ckpt")
+    report = json.loads((run / "report/report.json").read_text())
+    stored = torch.load(best, weights_only=True)["state_dict"]["task.thresholds"].tolist()
+    assert report["checkpoint"] == str(best.resolve()) and list(report["thresholds"].values()) == pytest.approx(stored)
+    last = run / "checkpoints/last.ckpt"
     checkpoint = torch.load(last, weights_only=True)
     state = checkpoint["state_dict"]
     assert float(state["task.temperature"]) != 1.0 and state["task.thresholds"].tolist() != [0.5] * 4  # fitted

@@ -47,7 +47,7 @@ def test_focal_loss_equals_its_definition_and_cross_entropy_at_gamma_zero():
     torch.manual_seed(0)
     logits, targets = torch.randn(6, 3), torch.tensor([0, 1, 2, 2, 1, 0])
     p = logits.softmax(-1)[torch.arange(6), targets]
-    by_hand = float((-(1 - p) ** 2 * p.log()).mean())  # Lin et al.: -(1 - p_t)^gamma log p_t
+    by_hand = float((-((1 - p) ** 2) * p.log()).mean())  # Lin et al.: -(1 - p_t)^gamma log p_t
     assert float(bound(Classification(focal_gamma=2.0)).loss(logits, targets)) == pytest.approx(by_hand, rel=1e-6)
     weighted = bound(Classification(focal_gamma=0.0, class_weights=[1.0, 2.0, 4.0]))
     expected = F.cross_entropy(logits, targets, weight=torch.tensor([1.0, 2.0, 4.0]))

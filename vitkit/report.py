@@ -246,7 +246,7 @@ def make_report(trainer: L.Trainer, model: Any, datamodule: Any, ckpt_path: str 
         writer.writerows(errors)
     public = {split: {k: v for k, v in s.items() if not k.startswith("_")} for split, s in sections.items()}
     record = {
-        "checkpoint": str(source) if source else None,
+        "checkpoint": str(Path(source).resolve()) if source else None,
         "task": type(task).__name__.lower(),
         "splits": splits,
         "confidence": confidence,
