@@ -269,6 +269,9 @@ def report_after_fit(trainer: L.Trainer, model: Any, datamodule: Any) -> Path | 
     except VitkitError as err:
         rank_zero_warn(f"no report at the end of fit: {err}")
         return None
+    if not any(datamodule.has_split(split) for split in ("val", "test")):
+        rank_zero_warn("no report at the end of fit: the data has no labelled val or test split to report on.")
+        return None
     best = next((c.best_model_path for c in trainer.checkpoint_callbacks if c.monitor and c.best_model_path), None)
     written = make_report(trainer, model, datamodule, best, Path(trainer.default_root_dir) / "report")
     if written is not None:

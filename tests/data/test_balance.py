@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.helpers import fit_quickstart, vitkit
+from tests.helpers import fit_quickstart, run_folder, vitkit
 from vitkit import ClassFolderDataModule
 from vitkit.data.balance import BalancedSampler, balanced_weights
 from vitkit.data.check import check_data
@@ -107,12 +108,13 @@ def test_check_data_shows_the_imbalance_and_suggests_balancing(tmp_path):
 @pytest.mark.slow
 def test_two_ddp_processes_train_on_balanced_classes(tmp_path):
     """Through `vitkit fit` on 2 processes: Lightning does not swap the sampler for its own (unbalanced)
-    distributed one; each process takes half an epoch of a balanced draw (recorded per process and epoch)."""
+    distributed one; each process takes half an epoch of a balanced draw (recorded per process and epoch); the
+    report at the end of fit gathers both processes' val outputs."""
     root = long_tailed_folder(tmp_path / "tail", {"circle": 40, "cross": 20, "square": 8, "triangle": 5})
     record = tmp_path / "seen"
     fit_quickstart(root, tmp_path / "runs", "--trainer.accelerator", "cpu", "--trainer.devices", "2",
                    "--trainer.strategy", "ddp", "--trainer.max_epochs", "3", "--trainer.logger", "false",
-                   "--data.init_args.batch_size", "8", "--data.init_args.sampler", "balanced", "--report", "false",
+                   "--data.init_args.batch_size", "8", "--data.init_args.sampler", "balanced",
                    "--trainer.callbacks+", "tests.data.recorders.TargetRecorder",
                    "--trainer.callbacks.output", record)  # fmt: skip
     train = 32 + 16 + 6 + 4  # 80% of each class
@@ -126,6 +128,9 @@ def test_two_ddp_processes_train_on_balanced_classes(tmp_path):
     shares = np.bincount(pooled, minlength=4) / len(pooled)  # 174 draws; without balancing: 0.55, 0.28, 0.10, 0.07
     assert np.abs(shares - 0.25).max() < 0.11, shares
     shutil.rmtree(record)
+    # The report at the end of fit ran on both processes and has every val image once (8 + 4 + 2 + 1).
+    report = json.loads((run_folder(tmp_path / "runs") / "report" / "report.json").read_text())
+    assert report["samples"] == 15 and [v["support"] for v in report["per_class"].values()] == [8, 4, 2, 1]
 
 
 @pytest.mark.slow
