@@ -57,7 +57,7 @@ def best_of(folder: Path) -> Path:
 def test_fit_puts_everything_in_one_run_folder_and_says_where(project):
     folder, output = project
     assert sorted(p.name for p in folder.iterdir()) == ["my_images", "runs"]
-    assert sorted(p.name for p in (folder / RUN).iterdir()) == ["checkpoints", "config.yaml", "wandb"]
+    assert sorted(p.name for p in (folder / RUN).iterdir()) == ["checkpoints", "config.yaml", "report", "wandb"]
     assert [p.name for p in (folder / "runs" / "quickstart").iterdir()] == ["version_0"]
     assert f"run folder: {RUN}\n" in output  # at the start
     best = best_of(folder)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from tests.helpers import fit_quickstart, run_folder
@@ -28,6 +30,10 @@ def test_offline_wandb_run_holds_config_metrics_and_confusion_matrix(tmp_path, s
     assert len([r for r in rows if "val/confusion_matrix.filenames" in r]) == 2
     assert len(list((run / "files/media/images/val").glob("confusion_matrix_*.png"))) == 2
     assert list((run / "files/media/table/val").glob("samples_*.table.json"))
+    # The report at the end of fit: its page as W&B media, its numbers and suspected label errors as run files.
+    assert list((run / "files/media/html").glob("report_*.html")) and (run / "files/label_errors.csv").is_file()
+    report = json.loads((run / "files/report.json").read_text())
+    assert sorted(report["per_class"]) == ["circle", "cross", "square", "triangle"]
     # log_model: the best checkpoint becomes a model artifact tagged "best"
     artifacts = [r.artifact for r in records if r.WhichOneof("record_type") == "artifact"]
     models = [a for a in artifacts if a.type == "model"]
@@ -42,4 +48,4 @@ def test_without_a_logger_the_report_is_saved_as_png(tmp_path, shapes_root):
         "confusion_matrix_epoch000.png",
         "samples_epoch000.png",
     ]
-    assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "config.yaml", "validation"]
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "config.yaml", "report", "validation"]

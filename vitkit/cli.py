@@ -39,7 +39,7 @@ from vitkit.writers import CSVPredictionWriter
 #: Where runs go when neither the recipe nor the command line sets ``--trainer.default_root_dir``.
 DEFAULT_ROOT = "runs"
 #: Commands that only use a trained model: nothing to log.
-_USE_MODEL = ("predict", "embed", "export", "explain")
+_USE_MODEL = ("predict", "embed", "export", "explain", "report")
 _LINKED = ("num_outputs", "class_names", "label_stats")
 
 
@@ -125,13 +125,14 @@ class VitkitCLI(LightningCLI):
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
         """Lightning's fit/validate/test/predict, and :class:`~vitkit.trainer.VitkitTrainer`'s
-        embed/export/explain/tune."""
+        embed/export/explain/tune/report."""
         return {
             **LightningCLI.subcommands(),
             "embed": {"model", "datamodule"},
             "export": {"model", "datamodule"},
             "explain": {"model", "datamodule"},
             "tune": {"model", "datamodule"},
+            "report": {"model", "datamodule"},
         }
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:

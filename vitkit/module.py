@@ -15,6 +15,7 @@ from torchmetrics import MeanMetric
 
 from vitkit.augment import MixupCutmix
 from vitkit.backbone import Backbone
+from vitkit.calibration import Calibrate
 from vitkit.errors import DataError
 from vitkit.finetune import FineTuning, scaled_optimizer_groups
 from vitkit.heads import HeadFactory, LinearHead
@@ -46,6 +47,8 @@ class TransferModule(L.LightningModule):
         scheduler_interval: step the scheduler every optimizer ``step`` or every ``epoch``.
         compile: ``torch.compile`` the backbone (in place: checkpoint keys do not change). Worth it on GPUs for
             long runs; off by default, since compiling takes minutes and gains little on a CPU.
+        calibrate: at each validation of a fit, fit the task's temperature (and multi-label thresholds) on the val
+            outputs, so that every checkpoint carries calibrated scores (:mod:`vitkit.calibration`).
     """
 
     def __init__(
@@ -62,6 +65,7 @@ class TransferModule(L.LightningModule):
         lr_scheduler: LRSchedulerCallable | None = None,
         scheduler_interval: Literal["step", "epoch"] = "step",
         compile: bool = False,
+        calibrate: bool = True,
     ) -> None:
         super().__init__()
         if class_names is not None and len(class_names) != num_outputs:
@@ -86,8 +90,10 @@ class TransferModule(L.LightningModule):
         self.scheduler_factory = lr_scheduler
         self.scheduler_interval = scheduler_interval
         self.compile = compile
-        #: What ``predict_step`` returns: the task's predictions, or the backbone's pooled features (``vitkit embed``).
-        self.predict_output: Literal["task", "embedding"] = "task"
+        self.calibrate = calibrate
+        #: What ``predict_step`` returns: the task's predictions, the backbone's pooled features (``vitkit embed``),
+        #: or the head's raw outputs (``vitkit report``).
+        self.predict_output: Literal["task", "embedding", "logits"] = "task"
         self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
         self.train_metrics = self.task.metrics("train").clone(prefix="train/")
         self.val_metrics = self.task.metrics("val").clone(prefix="val/")
@@ -164,6 +170,8 @@ class TransferModule(L.LightningModule):
         images = batch[0] if isinstance(batch, (list, tuple)) else batch
         if self.predict_output == "embedding":
             return self.backbone(images)
+        if self.predict_output == "logits":
+            return self(images)
         return self.task.predict(self(images))
 
     def setup(self, stage: str) -> None:
@@ -180,7 +188,10 @@ class TransferModule(L.LightningModule):
             self.backbone.model.compile()
 
     def configure_callbacks(self) -> list[L.Callback]:
-        return self.finetune.callbacks()
+        callbacks = [*self.finetune.callbacks(), *([Calibrate()] if self.calibrate else [])]
+        # A later predict (the report after fit) finds them attached already: keep those, without Lightning's notice.
+        present = {type(c) for c in self.trainer.callbacks} if self._trainer is not None else set()
+        return [c for c in callbacks if type(c) not in present]
 
     def configure_optimizers(self) -> Any:
         optimizer = self.optimizer_factory(self.finetune.param_groups(self))
@@ -201,6 +212,12 @@ class TransferModule(L.LightningModule):
                 "Use data with the same class folders, or start a new model from this one's backbone with "
                 "--model.backbone.init_args.weights=CHECKPOINT."
             )
+        # Checkpoints from before the task had calibration buffers (temperature, thresholds) load with their
+        # defaults (no calibration) instead of failing on missing keys.
+        state = checkpoint.get("state_dict")
+        if isinstance(state, dict):
+            for key, value in self.task.state_dict(prefix="task.").items():
+                state.setdefault(key, value)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Objects passed from Python (modules, functions) would be pickled; keep only config data, so checkpoints

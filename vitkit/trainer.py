@@ -40,6 +40,7 @@ class VitkitTrainer(L.Trainer):
         datamodule: L.LightningDataModule | None = None,
         ckpt_path: str | Path | None = None,
         weights_only: bool | None = None,
+        report: bool = True,
     ) -> None:
         """Train a model into a new run folder (or resume one: --ckpt_path last); print its best and last checkpoints.
 
@@ -48,6 +49,8 @@ class VitkitTrainer(L.Trainer):
 
         Args:
             ckpt_path: a checkpoint to resume, e.g. ``last`` (the latest run's last checkpoint).
+            report: when training finishes, write ``vitkit report`` of the best checkpoint into ``<run>/report``
+                (and log it to W&B when a W&B logger is on); needs the ``report`` extra (matplotlib).
         """
         if not self.announce:
             return super().fit(model, train_dataloaders, val_dataloaders, datamodule, ckpt_path, weights_only)
@@ -59,11 +62,16 @@ class VitkitTrainer(L.Trainer):
             return
         resuming = f" (resuming {_shown(ckpt_path)})" if ckpt_path else ""
         rank_zero_info(f"vitkit: run folder: {_shown(self.default_root_dir)}{resuming}")
+        written = None
         try:
             super().fit(model, train_dataloaders, val_dataloaders, datamodule, ckpt_path, weights_only)
+            if report and self.state.status == TrainerStatus.FINISHED:
+                from vitkit.report import report_after_fit
+
+                written = report_after_fit(self, model, datamodule)
         finally:  # also after Ctrl-C, which Lightning ends with SystemExit
             if self.is_global_zero:
-                rank_zero_info(self._fit_summary())
+                rank_zero_info(self._fit_summary() + (f"\nreport: {_shown(written)}" if written else ""))
 
     def _fit_summary(self) -> str:
         lines = [f"run folder: {_shown(self.default_root_dir)}"]
@@ -186,6 +194,34 @@ class VitkitTrainer(L.Trainer):
         from vitkit.tune import run_tune
 
         return run_tune(self, model, datamodule, mode, sweep, trials, min_lr, max_lr, lr_steps, max_batch_size)
+
+    def report(
+        self,
+        model: L.LightningModule,
+        datamodule: L.LightningDataModule | None = None,
+        ckpt_path: str | None = None,
+        output: str | None = None,
+        top_losses: int = 16,
+        confidence: float = 0.9,
+    ) -> Path | None:
+        """Write a report of the model on the data's val (and test) split: ``report.html`` (per-class table,
+        confusion matrix, PR curves, calibration, top losses with attention), ``report.json`` and
+        ``label_errors.csv``. Needs the ``report`` extra (matplotlib).
+
+        Args:
+            ckpt_path: the trained checkpoint: a file, ``best`` or ``last`` (the latest run's).
+            output: folder for the files; default ``<run folder>/report``.
+            top_losses: how many of the highest-loss images to show.
+            confidence: calibrated confidence from which a contradicted label is listed as a suspected error.
+        """
+        from vitkit.report import make_report
+
+        folder = Path(output) if output else Path(self.default_root_dir) / "report"
+        written = make_report(self, model, datamodule, ckpt_path, folder, top_losses, confidence)
+        if written is not None:
+            print(f"report written to {_shown(written)} (numbers: report.json, suspected label errors: "
+                  "label_errors.csv)")  # fmt: skip
+        return written
 
     def embed(
         self,

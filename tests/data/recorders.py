@@ -49,3 +49,15 @@ class CountingFolderDataModule(ClassFolderDataModule):
             self.log_dir.mkdir(parents=True, exist_ok=True)
             with open(self.log_dir / f"decoded-rank{self._world()[1]}.txt", "a") as f:
                 f.writelines(f"{path}\n" for path in decoded)
+
+
+class TargetRecorder(L.Callback):
+    """Write the targets of every training batch to ``output/rank<r>-epoch<e>.txt`` (one per line)."""
+
+    def __init__(self, output: str) -> None:
+        self.output = Path(output)
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int):
+        self.output.mkdir(parents=True, exist_ok=True)
+        with open(self.output / f"rank{trainer.global_rank}-epoch{trainer.current_epoch}.txt", "a") as f:
+            f.writelines(f"{int(target)}\n" for target in batch[1])

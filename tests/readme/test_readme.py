@@ -162,6 +162,12 @@ def test_every_readme_command_runs_as_written_and_writes_only_into_runs(project,
     for folder in ("vit_base_classify", "ddp_bf16"):  # the smoke tests ran a 2-step epoch with the hub weights
         assert list((runs / folder).glob("version_*/checkpoints/last.ckpt")), folder
     assert len(list((runs / "ddp_bf16").glob("version_*/checkpoints/last.ckpt"))) == 2  # and under torchrun
+    # Imbalanced data: the balanced run's end-of-fit report, rewritten by `vitkit report` from my_split_images.
+    balanced = json.loads((runs / "balanced" / "version_0" / "report" / "report.json").read_text())
+    assert balanced["splits"] == ["val", "test"] and balanced["test"]["samples"] == 24
+    assert set(balanced["per_class"]) == {"circle", "cross", "square", "triangle"}
+    assert (quickstart / "version_0" / "report" / "report.html").is_file()  # every fit ends with its report
+    assert list((runs / "balanced" / "version_0" / "wandb").glob("offline-run-*/files/report.json"))  # and in W&B
 
 
 def score(run: Path, monitor: str) -> float:

@@ -12,6 +12,7 @@ from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset
 
+from vitkit.data.balance import BalancedSampler
 from vitkit.data.images import UNLABELLED, ImageDataset, Sample, find_unreadable, list_images
 from vitkit.errors import DataError
 from vitkit.tasks import LabelStats
@@ -43,6 +44,9 @@ class ImageDataModule(L.LightningDataModule):
             warning giving how many. Under DDP each process scans its share and the results are shared.
         scan_cache: remember scan results by file path, size and mtime in ``$VITKIT_CACHE_DIR`` (default
             ``~/.cache/vitkit``), so later runs decode only new or changed files; ``false`` scans everything.
+        sampler: ``balanced`` draws training images so that every class is equally likely (inverse class
+            frequency; multi-label: by a sample's rarest label), with replacement, seeded, epochs as long as
+            without it (:class:`~vitkit.data.balance.BalancedSampler`); ``none`` (default) shuffles.
     """
 
     def __init__(
@@ -55,8 +59,14 @@ class ImageDataModule(L.LightningDataModule):
         predict_root: str | Path | None = None,
         on_bad_image: Literal["error", "skip"] = "error",
         scan_cache: bool = True,
+        sampler: Literal["none", "balanced"] | None = None,
     ) -> None:
         super().__init__()
+        if sampler not in (None, "none", "balanced"):
+            raise ValueError(f"sampler must be 'none' or 'balanced', got {sampler!r}.")
+        self.sampler = None if sampler == "none" else sampler
+        #: What ``predict`` reads instead of ``predict_root`` / test / val when set (``vitkit report``: each split).
+        self.predict_split: str | None = None
         self.batch_size = batch_size
         self.num_workers = min(num_workers, _cpus())  # a GPU recipe's 8 workers on a 2-core laptop: 2
         self.image_size = image_size
@@ -93,6 +103,8 @@ class ImageDataModule(L.LightningDataModule):
         """The ``(path, target)`` samples of ``stage`` (train/val/test/predict), or ``None`` if it has none."""
         if stage != "predict":
             return self.splits[stage]
+        if self.predict_split is not None:
+            return self.splits[self.predict_split]
         if self.predict_root is None:
             samples = self.splits["test"] or self.splits["val"]
             if samples is None:
@@ -201,6 +213,8 @@ class ImageDataModule(L.LightningDataModule):
             self.require_split(split)
             raise DataError(f"{self.describe_source()} has no {split} images.")
         dataset, sampler = self.datasets[split], None
+        if split == "train" and self.sampler == "balanced":
+            sampler, shuffle = self._balanced_sampler(dataset), False
         if split != "train" and self.trainer is not None and self.trainer.world_size > 1:
             # Lightning's default pads every process to the same length by repeating samples, which counts them
             # twice in the metrics (and the prediction files); this sampler gives each sample to one process.
@@ -217,6 +231,17 @@ class ImageDataModule(L.LightningDataModule):
             pin_memory=torch.cuda.is_available(),
             persistent_workers=workers > 0,
         )
+
+    def _balanced_sampler(self, dataset: Dataset) -> BalancedSampler:
+        targets = getattr(getattr(dataset, "samples", None), "targets", None)
+        if targets is None:
+            raise DataError(
+                f"{self.describe_source()}: sampler balanced needs the training targets up front; streamed data "
+                "has none. Weight the loss instead (Classification class_weights: auto, MultiLabel pos_weight: true)."
+            )
+        world, rank = self._world()
+        seed = int(os.environ.get("PL_GLOBAL_SEED", 0))  # seed_everything's, as Lightning's own samplers use
+        return BalancedSampler(targets, num_replicas=world, rank=rank, seed=seed)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

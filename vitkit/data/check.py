@@ -90,10 +90,12 @@ def _per_output(names: list[str], targets: dict[str, list[Any]]) -> list[str]:
     if isinstance(first, int):
         counts = {s: Counter(ts) for s, ts in targets.items()}
         rows = [[name, *(counts[s][i] for s in splits)] for i, name in enumerate(names)]
-        return _table(["class", *splits], rows)
+        train = {name: counts["train"][i] for i, name in enumerate(names)} if "train" in counts else {}
+        return _table(["class", *splits], rows) + imbalance(train, "class")
     if first is not None and all(v in (0, 1, 0.0, 1.0) for ts in targets.values() for t in ts for v in t):
         rows = [[name, *(sum(t[i] >= 0.5 for t in targets[s]) for s in splits)] for i, name in enumerate(names)]
-        return _table(["label (images with it)", *splits], rows)
+        train = {row[0]: row[1 + splits.index("train")] for row in rows} if "train" in splits else {}
+        return _table(["label (images with it)", *splits], rows) + imbalance(train, "label")
     rows = []
     for i, name in enumerate(names):
         cells = []
@@ -103,6 +105,25 @@ def _per_output(names: list[str], targets: dict[str, list[Any]]) -> list[str]:
             cells.append(f"{statistics.fmean(values):.4g} ± {spread:.3g} [{min(values):.4g}, {max(values):.4g}]")
         rows.append([name, *cells])
     return _table(["target: mean ± std [min, max]", *splits], rows)
+
+
+#: From this ratio of the largest to the smallest training class, check-data suggests balancing.
+IMBALANCED = 3.0
+
+
+def imbalance(counts: dict[str, int], kind: str) -> list[str]:
+    """A line with the largest/smallest training count ratio, and what to do about it when it is large."""
+    if len(counts) < 2:
+        return []
+    largest, smallest = max(counts, key=counts.get), min(counts, key=counts.get)
+    ratio = counts[largest] / max(counts[smallest], 1)
+    lines = ["", f"imbalance: {ratio:.1f}x ({kind} {largest} {counts[largest]}, {kind} {smallest} {counts[smallest]} "
+             "train images)"]  # fmt: skip
+    if ratio > IMBALANCED:
+        fix = ("--data.init_args.sampler balanced, or --model.task.init_args.class_weights auto" if kind == "class"
+               else "--data.init_args.sampler balanced, or --model.task.init_args.pos_weight true")  # fmt: skip
+        lines.append(f"  rare {kind}s may never be predicted; balance the training: {fix}")
+    return lines
 
 
 def _table(header: list[str], rows: list[list[Any]]) -> list[str]:

@@ -11,6 +11,7 @@ from typing import Any
 from vitkit.data.base import ImageDataModule
 from vitkit.data.images import Sample, list_images
 from vitkit.errors import DataError
+from vitkit.tasks import LabelStats
 
 _VAL_NAMES = ("val", "valid", "validation")
 
@@ -48,6 +49,14 @@ class ClassFolderDataModule(ImageDataModule):
     @property
     def class_names(self) -> list[str]:
         return self.splits["classes"]
+
+    @property
+    def label_stats(self) -> LabelStats:
+        """``class_counts``: training images per class (for ``Classification(class_weights="auto")``)."""
+        counts = [0] * len(self.class_names)
+        for _, target in self.splits["train"]:
+            counts[target] += 1
+        return {"class_counts": counts}
 
     def describe_source(self) -> str:
         return f"data root {self.root}"

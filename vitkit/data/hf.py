@@ -126,7 +126,7 @@ class HFDatasetDataModule(ImageDataModule):
 
     @property
     def label_stats(self) -> LabelStats | None:
-        if self.streaming or self.coder.kind == "class":
+        if self.streaming:
             return None
         _, targets, rows = self._rows["train"]  # type: ignore[misc]
         return self.coder.stats(targets[rows])
@@ -167,12 +167,12 @@ class HFDatasetDataModule(ImageDataModule):
         return f"name the dataset's {split} split with --data.init_args.{split}_split NAME."
 
     def setup(self, stage: str) -> None:
-        if stage == "predict" and self.predict_root is not None:
+        if stage == "predict" and self.predict_root is not None and self.predict_split is None:
             return super().setup(stage)
         for split in _STAGES[stage]:
             source = split
             if split == "predict":
-                source = "test" if self.split_names["test"] else "val"
+                source = self.predict_split or ("test" if self.split_names["test"] else "val")
             dataset = self._stream(source, split) if self.streaming else self._table(source, split)
             if dataset is not None:
                 self.datasets[split] = dataset

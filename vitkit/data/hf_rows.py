@@ -97,6 +97,8 @@ class LabelCoder:
         """What the task needs to know about the training targets (see :mod:`vitkit.tasks`)."""
         if self.kind == "multilabel":
             return {"positive_fraction": targets.mean(axis=0).tolist()}
+        if self.kind == "class":
+            return {"class_counts": np.bincount(targets, minlength=len(self.names)).tolist()}
         std = targets.std(axis=0, ddof=1) if len(targets) > 1 else np.zeros(targets.shape[1])
         return {"mean": targets.mean(axis=0).tolist(), "std": [s if s > 0 else 1.0 for s in std.tolist()]}
 
@@ -199,6 +201,11 @@ class _RowSamples(Sequence):
 
     def __len__(self) -> int:
         return len(self.dataset)
+
+    @property
+    def targets(self) -> np.ndarray:
+        """All targets, in sample order (what a balanced sampler weighs)."""
+        return self.dataset.targets[self.dataset.rows]
 
     def __getitem__(self, index: int) -> tuple[str, Any]:  # type: ignore[override]
         row = int(self.dataset.rows[index])

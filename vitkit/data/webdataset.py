@@ -101,10 +101,11 @@ class WebDatasetDataModule(ImageDataModule):
         return f"give its shards with --data.init_args.{split} 'shards/{split}-{{000000..000009}}.tar' (vitkit shard)."
 
     def setup(self, stage: str) -> None:
-        if stage == "predict" and self.predict_root is not None:
+        if stage == "predict" and self.predict_root is not None and self.predict_split is None:
             return super().setup(stage)
         for split in _STAGES[stage]:
-            urls = self.urls["test"] or self.urls["val"] if split == "predict" else self.urls[split]
+            source = split if split != "predict" else self.predict_split or ("test" if self.urls["test"] else "val")
+            urls = self.urls[source]
             if urls:
                 self.datasets[split] = self._pipeline(urls, split)
 
