@@ -407,8 +407,8 @@ def main(args: list[str] | None = None) -> None:
                 "`vitkit fit --config quickstart --data.root my_images`.",
                 "epilog": "Also: `vitkit recipes` lists the shipped recipes (`--config NAME`); `vitkit check-data "
                 "--data.root DIR` scans a dataset before training; `vitkit shard --data.root DIR --output OUT` writes "
-                "WebDataset shards. `vitkit pretrain --config pretrain --data.root DIR` pretrains the encoder on unlabelled "
-                "images (MAE, DINO, distillation).",
+                "WebDataset shards. `vitkit pretrain --config pretrain --data.root DIR` pretrains the encoder on "
+                "unlabelled images (MAE, DINO, distillation).",
             },
             save_config_kwargs={"overwrite": True},
         )
