@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 SRC    := $(wildcard vitkit tests scripts benchmarks)
 
-.PHONY: install demo test test-fast lint format bench bench-finetune bench-scale clean
+.PHONY: install demo test test-fast lint format bench bench-finetune bench-scale bench-pretrain clean
 
 install: $(STAMP)
 
@@ -40,6 +40,9 @@ bench-finetune: install
 
 bench-scale: install
 	$(BIN)/python benchmarks/bench_scale.py
+
+bench-pretrain: install
+	$(BIN)/python benchmarks/bench_pretrain.py
 
 clean:
 	rm -rf $(VENV) runs demo_data .pytest_cache .ruff_cache *.egg-info

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import json
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
@@ -56,9 +55,9 @@ class PretrainModule(L.LightningModule):
     ) -> None:
         super().__init__()
         _require_lightly()
-        with warnings.catch_warnings():  # modules passed from Python are dropped from checkpoints' hparams
-            warnings.filterwarnings("ignore", message=r"Attribute '\w+' is an instance of `nn.Module`")
-            self.save_hyperparameters()
+        # Live objects (modules, functions) are not hyperparameters: loggers would serialise a whole ViT, and Lightning
+        # would keep a deep copy of it. The CLI adds their class_path/init_args config instead (PretrainCLI).
+        self.save_hyperparameters(ignore=["backbone", "teacher", "optimizer", "lr_scheduler"])
         self.backbone = backbone
         self.optimizer_factory = optimizer
         self.scheduler_factory = lr_scheduler

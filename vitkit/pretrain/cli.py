@@ -6,6 +6,7 @@ import sys
 import warnings
 from typing import Any
 
+import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
@@ -59,6 +60,13 @@ class PretrainCLI(VitkitCLI):
                     config[f"model.init_args.{name}.init_args.pretrained"] = False
                     config[f"model.init_args.{name}.init_args.weights"] = None
         super().before_instantiate_classes()
+
+    def after_instantiate_classes(self) -> None:
+        # The method's own config (its class_path and init_args, backbone and teacher included), so checkpoints
+        # record how to rebuild it; the module itself keeps no live objects in its hyperparameters.
+        model_config = yaml.safe_load(self.parser.dump(self.config, skip_none=False))[self.subcommand]["model"]
+        self.model.hparams.update({"_class_path": model_config["class_path"], **model_config["init_args"]})
+        super().after_instantiate_classes()
 
     def instantiate_trainer(self, **kwargs: Any) -> Any:
         trainer = super().instantiate_trainer(**kwargs)
