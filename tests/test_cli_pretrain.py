@@ -138,6 +138,8 @@ def test_an_unreadable_teacher_file_is_one_line(tmp_path, unlabelled):
     assert f"cannot read weights from {bad}" in line and "safetensors" in line
 
 
-def test_pretrain_help_describes_each_methods_options():
+def test_pretrain_help_describes_each_methods_options_and_a_bad_option_names_the_command(tmp_path):
     result = vitkit("pretrain", "--model.help", "vitkit.DINO")
     assert "--model.n_local_views" in result.stdout and "teacher_momentum" in result.stdout
+    line = one_line_error(pretrain(tmp_path, tmp_path, "--data.knn_rot", tmp_path, check=False))
+    assert "knn_rot" in line and "(options: vitkit pretrain --help)" in line

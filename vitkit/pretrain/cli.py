@@ -11,7 +11,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from vitkit.callbacks import ValidationReport
-from vitkit.cli import ConfigToLoggers, VitkitCLI, resolve_argv
+from vitkit.cli import ConfigToLoggers, VitkitArgumentParser, VitkitCLI, resolve_argv
 from vitkit.data.base import ImageDataModule
 from vitkit.trainer import VitkitTrainer
 
@@ -21,6 +21,18 @@ DESCRIPTION = (
     "then `vitkit fit --config quickstart --data.root my_images --model.backbone.init_args.weights "
     "runs/pretrain/version_0/checkpoints/last.ckpt`. Same --trainer.*, --checkpoint.* and --ckpt_path as `vitkit fit`."
 )
+
+
+class PretrainArgumentParser(VitkitArgumentParser):
+    """vitkit's parser, calling the command ``vitkit pretrain`` in usage and errors (LightningCLI runs ``fit``)."""
+
+    @property
+    def prog(self) -> str:
+        return self._prog
+
+    @prog.setter
+    def prog(self, value: str) -> None:
+        self._prog = value.replace("[options] fit", "pretrain") if value.endswith("[options] fit") else value
 
 
 class PretrainCLI(VitkitCLI):
@@ -88,11 +100,12 @@ def pretrain_main(args: list[str], from_command_line: bool) -> None:
         PretrainModule,
         ImageDataModule,
         trainer_class=VitkitTrainer,
+        parser_class=PretrainArgumentParser,
         subclass_mode_model=True,
         subclass_mode_data=True,
         args=argv,
         save_config_callback=ConfigToLoggers,
         seed_everything_default=0,
-        parser_kwargs={"description": DESCRIPTION},
+        parser_kwargs={"fit": {"description": DESCRIPTION}},
         save_config_kwargs={"overwrite": True},
     )
