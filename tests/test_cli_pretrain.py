@@ -12,9 +12,10 @@ import torch
 
 from tests.conftest import TINY_VIT
 from tests.helpers import TINY_ARGS, vitkit
-from vitkit import Backbone
+from vitkit import Backbone, UnlabelledDataModule
 from vitkit.backbone import read_state_dict
-from vitkit.pretrain import save_encoder
+from vitkit.data.images import ImageDataset
+from vitkit.pretrain import knn_accuracy, save_encoder
 from vitkit.synthetic import make_shapes_folder
 
 pytestmark = pytest.mark.slow
@@ -107,6 +108,22 @@ def test_distillation_through_a_projection_lowers_the_feature_distance(tmp_path,
     state = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
     assert tuple(state["projection.weight"].shape) == (384, 192)  # student 192 features -> teacher 384
     assert torch.equal(state["teacher.model.pos_embed"], read_state_dict(teacher)["pos_embed"])  # frozen
+
+
+def test_ddp_knn_monitor_scores_every_labelled_image_once(tmp_path, unlabelled):
+    knn_root = make_shapes_folder(tmp_path / "knn", per_class=9, shapes=("circle", "square", "cross"), seed=4)
+    pretrain(tmp_path, unlabelled, *MAE, "--trainer.max_epochs", "1", "--data.knn_root", knn_root,
+             "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp")  # fmt: skip
+    run = tmp_path / "runs" / "pretrain" / "version_0"
+    logged = metrics(run, "val/knn_acc")
+    # the same k-NN in this process, on all 27 images (2 processes cannot share them evenly), from the saved weights
+    backbone = Backbone(**TINY_VIT, weights=run / "checkpoints" / "last.ckpt").eval()
+    data = UnlabelledDataModule(unlabelled, knn_root=knn_root, data_config=backbone.data_config)
+    dataset = ImageDataset(data.splits["val"], data.transform(train=False))
+    images, labels = map(torch.stack, zip(*[(image, torch.tensor(label)) for image, label in dataset], strict=True))
+    with torch.no_grad():
+        features = torch.nn.functional.normalize(backbone(images), dim=1)
+    assert logged == [pytest.approx(knn_accuracy(features, labels), abs=1e-6)]
 
 
 def one_line_error(result) -> str:
