@@ -130,7 +130,9 @@ def use_model(checkpoint: Path, rows: list[dict[str, str]]) -> None:
     examples = [next(r["path"] for r in rows if r["target"] == c) for c in sorted({r["target"] for r in rows})]
     maps = RUN / "attention"
     vitkit("explain", "--ckpt_path", str(checkpoint), "--images", json.dumps(examples))
-    pictures = [Image.open(p) for p in sorted(maps.glob("*.png"))]
+    pngs = sorted(maps.rglob("*.png"))  # attention/<source>/ (here "images": the listed files)
+    maps = pngs[0].parent
+    pictures = [Image.open(p) for p in pngs]
     grid = Image.new("RGB", (sum(p.width for p in pictures) + 8 * (len(pictures) - 1), pictures[0].height), "white")
     for i, picture in enumerate(pictures):
         grid.paste(picture, (i * (picture.width + 8), 0))

@@ -20,9 +20,9 @@ datasets = pytest.importorskip("datasets")  # the 'hf' extra
 pytest.importorskip("webdataset")
 
 CPU = ["--trainer.accelerator", "cpu", "--data.init_args.batch_size", "16"]
-TINY = ["--config", "recipes/quickstart.yaml", "--model.backbone.init_args.model_kwargs",
-        json.dumps(TINY_VIT["model_kwargs"]), *CPU]  # fmt: skip
+TINY = ["--config", "quickstart", "--model.backbone.init_args.model_kwargs", json.dumps(TINY_VIT["model_kwargs"]), *CPU]
 DDP = ["--trainer.devices", "2", "--trainer.strategy", "ddp"]
+RUN = Path("runs/quickstart/version_0")
 
 
 @pytest.fixture(scope="module")
@@ -48,16 +48,17 @@ def data_args(form: str, forms: dict[str, Path]) -> list[object]:
             "--data.val", f"{forms['shards']}/val-000000.tar"]  # fmt: skip
 
 
-def fit(run: Path, *args: object) -> Path:
-    vitkit("fit", *TINY, *args, "--trainer.logger", "lightning.pytorch.loggers.CSVLogger",
-           "--trainer.logger.save_dir", run, "--checkpoint.dirpath", run / "checkpoints",
-           "--trainer.default_root_dir", run)  # fmt: skip
-    return run / "checkpoints" / "last.ckpt"
+def fit(project: Path, *args: object) -> Path:
+    """`vitkit fit --config quickstart ...` run from the user's ``project`` folder; its last checkpoint."""
+    project.mkdir(exist_ok=True)
+    vitkit("fit", *TINY, *args, "--trainer.logger", "false", cwd=project)
+    return project / RUN / "checkpoints" / "last.ckpt"
 
 
-def last_val_acc(run: Path) -> float:
-    with open(next(run.glob("*/version_*/metrics.csv"))) as f:
-        return [float(r["val/acc"]) for r in csv.DictReader(f) if r.get("val/acc")][-1]
+def val_acc(project: Path, *args: object) -> float:
+    """`vitkit validate --ckpt_path last` from ``project``: the accuracy it writes into the run folder."""
+    vitkit("validate", "--ckpt_path", "last", *args, cwd=project)
+    return json.loads((project / RUN / "validate" / "metrics.json").read_text())["val/acc"]
 
 
 def test_hf_and_webdataset_train_to_the_folder_accuracy(forms, tmp_path):
@@ -65,14 +66,14 @@ def test_hf_and_webdataset_train_to_the_folder_accuracy(forms, tmp_path):
     for form in ("folder", "hf", "webdataset"):
         fit(tmp_path / form, *data_args(form, forms), "--data.init_args.num_workers", "2",
             "--trainer.max_epochs", "5")  # fmt: skip
-        acc[form] = last_val_acc(tmp_path / form)
+        acc[form] = val_acc(tmp_path / form)
     assert min(acc.values()) >= 0.6, acc  # chance is 0.25
     assert abs(acc["hf"] - acc["folder"]) <= 0.15 and abs(acc["webdataset"] - acc["folder"]) <= 0.15, acc
 
 
 def test_webdataset_under_ddp_sees_each_shard_once_per_epoch_and_predicts_each_sample_once(forms, tmp_path):
     """2 processes x 2 workers over 4 shards of 40: each (process, worker) reads one shard, every epoch."""
-    checkpoint = fit(tmp_path / "run", *data_args("webdataset", forms), *DDP, "--data.init_args.num_workers", "2",
+    checkpoint = fit(tmp_path, *data_args("webdataset", forms), *DDP, "--data.init_args.num_workers", "2",
                      "--data.init_args.batch_size", "8",
                      "--trainer.max_epochs", "2", "--trainer.callbacks+", "tests.data.recorders.KeyRecorder",
                      "--trainer.callbacks.output", tmp_path / "keys")  # fmt: skip
@@ -84,16 +85,16 @@ def test_webdataset_under_ddp_sees_each_shard_once_per_epoch_and_predicts_each_s
         assert sorted(per_rank[0] + per_rank[1]) == [f"train/{k}" for k in everything]
     assert torch.load(checkpoint, weights_only=True)["global_step"] == 2 * 80 // 8
     vitkit("predict", "--ckpt_path", checkpoint, *data_args("webdataset", forms), *CPU, *DDP,
-           "--data.init_args.num_workers", "2", "--trainer.default_root_dir", tmp_path)  # fmt: skip
-    with open(tmp_path / "predictions.csv") as f:
+           "--data.init_args.num_workers", "2")  # fmt: skip
+    (predictions,) = (tmp_path / RUN / "predictions").glob("*.csv")
+    with open(predictions) as f:
         rows = list(csv.DictReader(f))
     assert sorted(r["path"] for r in rows) == sorted(
         f"val/{p.relative_to(forms['folder'] / 'val').with_suffix('')}" for p in (forms["folder"] / "val").rglob("*.*")
     )
     assert all(r["target"] == r["path"].split("/")[1] for r in rows)  # class names from classes.txt
     vitkit("embed", "--ckpt_path", checkpoint, *data_args("webdataset", forms), *CPU, *DDP,
-           "--data.init_args.num_workers", "2", "--output", tmp_path / "emb",
-           "--trainer.default_root_dir", tmp_path)  # fmt: skip
+           "--data.init_args.num_workers", "2", "--output", tmp_path / "emb")  # fmt: skip
     with open(tmp_path / "emb.csv") as f:
         embedded = [r["path"] for r in csv.DictReader(f)]
     assert sorted(embedded) == sorted(r["path"] for r in rows)
@@ -101,16 +102,13 @@ def test_webdataset_under_ddp_sees_each_shard_once_per_epoch_and_predicts_each_s
 
 
 def test_hf_dataset_validates_the_same_on_two_processes_and_embeds(forms, tmp_path):
-    checkpoint = fit(tmp_path / "run", *data_args("hf", forms), "--data.init_args.num_workers", "0",
+    checkpoint = fit(tmp_path, *data_args("hf", forms), "--data.init_args.num_workers", "0",
                      "--trainer.max_epochs", "1")  # fmt: skip
     results = {}
     for devices in ("1", "2"):
-        run = tmp_path / devices
-        vitkit("validate", "--ckpt_path", checkpoint, *data_args("hf", forms), *CPU, "--data.num_workers", "0",
-               "--trainer.devices", devices, "--trainer.strategy", "ddp" if devices == "2" else "auto",
-               "--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir", run,
-               "--trainer.default_root_dir", run)  # fmt: skip
-        results[devices] = last_val_acc(run)
+        results[devices] = val_acc(tmp_path, *data_args("hf", forms), *CPU, "--data.num_workers", "0",
+                                   "--trainer.devices", devices,
+                                   "--trainer.strategy", "ddp" if devices == "2" else "auto")  # fmt: skip
     assert results["2"] == pytest.approx(results["1"], abs=1e-6)
     vitkit(
         "embed",
@@ -121,8 +119,6 @@ def test_hf_dataset_validates_the_same_on_two_processes_and_embeds(forms, tmp_pa
         *DDP,
         "--output",
         tmp_path / "emb",
-        "--trainer.default_root_dir",
-        tmp_path,
     )
     with open(tmp_path / "emb.csv") as f:
         rows = list(csv.DictReader(f))

@@ -123,9 +123,19 @@ def test_even_shards_give_every_sample_exactly_once(tmp_path, shapes_root):
     assert sorted(seen) == sorted(str(p.relative_to(shapes_root).with_suffix("")) for p, _ in data.samples("train"))
 
 
-def test_too_few_shards_for_the_workers_is_a_clear_error(shards):
+def test_fewer_shards_than_workers_reads_with_fewer_workers(shards, caplog):
+    data = WebDatasetDataModule(str(shards / "val-000000.tar"), None, num_workers=2, batch_size=4, **SMALL)
+    with caplog.at_level(logging.INFO):
+        data.setup("fit")
+        loader = data.train_dataloader()
+    assert loader.num_workers == 1 and len(loader) == 10 // 4
+    assert "1 train shard(s) for 1 process(es): reading with 1 DataLoader worker(s)" in caplog.text
+
+
+def test_fewer_shards_than_processes_is_a_clear_error(shards, monkeypatch):
     data = WebDatasetDataModule(str(shards / "val-000000.tar"), None, num_workers=2, **SMALL)
-    with pytest.raises(DataError, match=r"1 train shards cannot feed 1 process\(es\) x 2 worker\(s\)"):
+    monkeypatch.setattr(data, "_world", lambda: (2, 0))
+    with pytest.raises(DataError, match=r"1 train shards cannot feed 2 process\(es\): write at least 2 shards"):
         data.setup("fit")
 
 

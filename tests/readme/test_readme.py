@@ -146,8 +146,9 @@ def test_every_readme_command_runs_as_written_and_writes_only_into_runs(project,
 
     runs = project / "runs"
     quickstart = runs / "quickstart"
-    # The first fit made version_0; resuming the finished run trained nothing; the copied recipe has its own runs.
-    assert sorted(p.name for p in quickstart.iterdir()) == ["version_0"]
+    # The first fit made version_0; resuming the finished run made no new one; the shards and the Hugging Face
+    # dataset trained version_1 and version_2; the copied recipe has its own runs.
+    assert sorted(p.name for p in quickstart.iterdir()) == ["version_0", "version_1", "version_2"]
     assert (runs / "my_recipe" / "version_0" / "checkpoints" / "last.ckpt").is_file()
     assert score(quickstart / "version_0", "val/acc") >= 0.75  # chance 0.25
     assert (quickstart / "version_0" / "validate" / "metrics.json").is_file()

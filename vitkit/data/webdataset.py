@@ -167,6 +167,11 @@ class WebDatasetDataModule(ImageDataModule):
     def _batches_per_worker(self, urls: list[str], world: int, workers: int) -> int:
         """Training batches each (process, worker) yields per epoch: what the smallest share of shards fills."""
         slots = [urls[r::world][w::workers] for r in range(world) for w in range(workers)]
+        if len(urls) < world:  # every process must read whole shards of its own
+            raise DataError(
+                f"{len(urls)} train shards cannot feed {world} process(es): write at least {world} shards "
+                "(vitkit shard --maxcount N) or train on fewer devices."
+            )
         if not all(slots):
             raise DataError(
                 f"{len(urls)} train shards cannot feed {world} process(es) x {workers} worker(s): write at least "
