@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 SRC    := $(wildcard vitkit tests scripts benchmarks)
 
-.PHONY: install demo test test-fast lint format bench bench-finetune bench-scale bench-imbalance clean
+.PHONY: install demo test test-fast lint format bench bench-finetune bench-scale bench-imbalance bench-pretrain clean
 
 install: $(STAMP)
 
@@ -43,6 +43,9 @@ bench-scale: install
 
 bench-imbalance: install
 	$(BIN)/python benchmarks/bench_imbalance.py
+
+bench-pretrain: install
+	$(BIN)/python benchmarks/bench_pretrain.py
 
 clean:
 	rm -rf $(VENV) runs demo_data .pytest_cache .ruff_cache *.egg-info

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from tests.helpers import run_folder, vitkit
 from vitkit.recipes import RECIPES_DIR
@@ -125,7 +126,9 @@ def test_bad_data_root_is_one_clear_error_without_traceback(tmp_path):
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=[r.stem for r in RECIPES])
 def test_every_recipe_parses(recipe):
-    result = vitkit("fit", "--config", recipe, "--print_config")
+    # Pretraining recipes name their method (model.class_path: vitkit.MAE, ...) and run through `vitkit pretrain`.
+    command = "pretrain" if "class_path" in yaml.safe_load(recipe.read_text())["model"] else "fit"
+    result = vitkit(command, "--config", recipe, "--print_config")
     assert "model:" in result.stdout and "class_path" in result.stdout
 
 

@@ -7,12 +7,14 @@ from vitkit.data import (
     HFDatasetDataModule,
     ImageDataModule,
     ManifestDataModule,
+    UnlabelledDataModule,
     WebDatasetDataModule,
 )
 from vitkit.errors import DataError, VitkitError, WeightsError
 from vitkit.finetune import FineTuning, FreezeThenUnfreeze, LinearProbe, LoRA, merge_adapters
 from vitkit.heads import LinearHead, MLPHead
 from vitkit.module import TransferModule
+from vitkit.pretrain import DINO, MAE, Distillation
 from vitkit.schedulers import WarmupCosineLR
 from vitkit.tasks import Classification, MultiLabel, Regression, Task
 from vitkit.writers import CSVPredictionWriter
@@ -20,11 +22,14 @@ from vitkit.writers import CSVPredictionWriter
 __version__ = "0.1.0"
 
 __all__ = [
+    "DINO",
+    "MAE",
     "Backbone",
     "CSVPredictionWriter",
     "ClassFolderDataModule",
     "Classification",
     "DataError",
+    "Distillation",
     "FineTuning",
     "FreezeThenUnfreeze",
     "HFDatasetDataModule",
@@ -39,6 +44,7 @@ __all__ = [
     "Regression",
     "Task",
     "TransferModule",
+    "UnlabelledDataModule",
     "VitkitError",
     "WarmupCosineLR",
     "WebDatasetDataModule",

@@ -76,9 +76,11 @@ class Backbone(nn.Module):
         from timm.data import resolve_model_data_config
 
         config = resolve_model_data_config(self.model)
-        # A ViT built with img_size=... keeps its pretrained cfg's input size; the patch embedding knows the truth.
+        # A ViT built with img_size=... keeps its pretrained cfg's input size; the patch embedding knows the truth
+        # (a ViT with dynamic_img_size takes any size: its pretrained cfg's, unless img_size was given).
         img_size = getattr(getattr(self.model, "patch_embed", None), "img_size", None)
-        if img_size is not None and not getattr(self.model, "dynamic_img_size", False):
+        dynamic = getattr(self.model, "dynamic_img_size", False)
+        if img_size is not None and (not dynamic or "img_size" in self.model_kwargs):
             config["input_size"] = (config["input_size"][0], *tuple(img_size))
         return config
 
@@ -102,10 +104,11 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # pickle refusing to run code, truncated files, non-torch files
+        reason = " ".join(f"{type(err).__name__}: {err}".split())  # one line, also for pickle's multi-line errors
         raise WeightsError(
-            f"cannot read weights from {path}: {err}\n"
-            "vitkit loads .pth/.ckpt files with weights_only=True; re-save trusted weights as safetensors or a plain "
-            "state dict."
+            f"cannot read weights from {path} ({reason[:300]}): give a safetensors file, a torch state dict or a "
+            "vitkit checkpoint; vitkit loads .pth/.ckpt files with weights_only=True, so re-save trusted weights as "
+            "safetensors or a plain state dict."
         ) from err
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         state = obj["state_dict"]

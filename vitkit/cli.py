@@ -404,6 +404,11 @@ def main(args: list[str] | None = None) -> None:
             from vitkit.data.shard import shard_main
 
             raise SystemExit(shard_main(argv[1:]))
+        if argv[:1] == ["pretrain"]:  # self-supervised pretraining on unlabelled images (vitkit.pretrain)
+            from vitkit.pretrain.cli import pretrain_main
+
+            pretrain_main(argv[1:], from_command_line=args is None)
+            return
         VitkitCLI(
             TransferModule,
             ImageDataModule,
@@ -417,7 +422,8 @@ def main(args: list[str] | None = None) -> None:
                 "`vitkit fit --config quickstart --data.root my_images`.",
                 "epilog": "Also: `vitkit recipes` lists the shipped recipes (`--config NAME`); `vitkit check-data "
                 "--data.root DIR` scans a dataset before training; `vitkit shard --data.root DIR --output OUT` writes "
-                "WebDataset shards.",
+                "WebDataset shards. `vitkit pretrain --config pretrain --data.root DIR` pretrains the encoder on "
+                "unlabelled images (MAE, DINO, distillation).",
             },
             save_config_kwargs={"overwrite": True},
         )

@@ -46,16 +46,18 @@ def make_shapes_folder(
     sizes: tuple[int, int] = (40, 96),
     seed: int = 0,
     colour_cue: bool = True,
+    flat: bool = False,
 ) -> Path:
     """Write a class-folder tree ``root/<shape>/<i>.png|jpg``: odd sizes, PNG and JPEG mixed, some grayscale.
 
     With ``colour_cue`` each class is drawn in a jittered colour of its own (:data:`PALETTE`) as well as its own
-    shape, so a small model learns it in a minute; without it only the shape tells the classes apart.
+    shape, so a small model learns it in a minute; without it only the shape tells the classes apart. With ``flat``
+    all images go straight into ``root`` (``<shape>_<i>``): an unlabelled folder for ``vitkit pretrain``.
     """
     root = Path(root)
     rng = np.random.default_rng(seed)
     for shape in shapes:
-        folder = root / shape
+        folder = root if flat else root / shape
         folder.mkdir(parents=True, exist_ok=True)
         for i in range(per_class):
             colour = None
@@ -65,10 +67,11 @@ def make_shapes_folder(
             img = draw_shape(rng, shape, int(rng.integers(sizes[0], sizes[1] + 1)), colour)
             if rng.random() < 0.15:
                 img = img.convert("L")
+            name = f"{shape}_{i:04d}" if flat else f"{i:04d}"
             if rng.random() < 0.5:
-                img.save(folder / f"{i:04d}.jpg", quality=90)
+                img.save(folder / f"{name}.jpg", quality=90)
             else:
-                img.save(folder / f"{i:04d}.png")
+                img.save(folder / f"{name}.png")
     return root
 
 

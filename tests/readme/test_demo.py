@@ -31,6 +31,10 @@ def test_the_demo_trains_uses_and_transfers_the_model(tmp_path):
     transfer = float(re.search(r"linear probe\): val accuracy ([\d.]+)", result.stdout).group(1))
     scratch = float(re.search(r"from scratch: +val accuracy ([\d.]+)", result.stdout).group(1))
     assert accuracy >= 0.9 and transfer > scratch
+    pretrained = float(re.search(r"\(vitkit pretrain\), fine-tuned: val accuracy ([\d.]+)", result.stdout).group(1))
+    few_scratch = float(re.findall(r"from scratch: +val accuracy ([\d.]+)", result.stdout)[-1])
+    assert pretrained > few_scratch  # step 4: MAE on unlabelled images, then 10 labels per class
+    assert (tmp_path / "runs/demo/pretrain/version_0/checkpoints/encoder.safetensors").is_file()
     run = tmp_path / "runs" / "demo" / "shapes" / "version_0"
     for made in ("predictions/val.csv", "attention", "embeddings/shapes.npy", "config.yaml"):
         assert (run / made).exists(), made

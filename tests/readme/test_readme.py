@@ -4,7 +4,7 @@ The blocks run in order in one project folder (a later command uses what an earl
 would), with W&B offline and a local Hugging Face cache of randomly initialised timm repos for the hub weights
 (:mod:`tests.hub`). What is filled in, and nothing else:
 
-- placeholders: ``my_images`` (a class-folder tree), ``new_photos`` (a flat folder of images),
+- placeholders: ``my_images`` (a class-folder tree), ``new_photos`` and ``my_unlabelled_images`` (flat folders),
   ``my_split_images`` (train/val/test trees) are drawn here; ``/data/...`` paths point at them; ``$NODE_RANK`` and
   ``$MASTER_ADDR`` are this machine;
 - this machine has no GPU: commands with a GPU recipe get :data:`CPU_SMOKE` (an epoch of 2 steps, batch 4), the
@@ -38,7 +38,8 @@ pytestmark = pytest.mark.slow
 
 README = REPO / "README.md"
 BIN = Path(sys.executable).parent
-GPU_RECIPES = ("vit_base_classify", "multilabel_vit_base", "regression_vit_base", "ddp_bf16", "fsdp_vit_large")
+GPU_RECIPES = ("vit_base_classify", "multilabel_vit_base", "regression_vit_base", "ddp_bf16", "fsdp_vit_large",
+               "pretrain_mae_vit_base", "pretrain_dino_vit_base", "distill_vit_base_to_small")  # fmt: skip
 CPU_SMOKE = ["--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "2",
              "--data.batch_size", "4", "--data.num_workers", "0"]  # fmt: skip
 #: Lightning runs FSDP on GPUs only: without one, the README's FSDP command must stop with this one line.
@@ -46,9 +47,11 @@ NEEDS_GPU = "vitkit: error: trainer settings: the FSDP strategy needs GPUs"
 HUB_MODELS = {  # what the README's recipes and Python blocks load with pretrained: true
     "vit_base_patch16_224.augreg_in21k_ft_in1k": {},
     "vit_tiny_patch16_224.augreg_in21k_ft_in1k": {},
+    "vit_small_patch16_224.augreg_in21k_ft_in1k": {},  # the distillation recipe's student
 }
 PLACEHOLDERS = {
     "/data/my_images": "my_images",
+    "/data/unlabelled_images": "my_unlabelled_images",
     "$NODE_RANK": "0",
     "$MASTER_ADDR": "127.0.0.1",
     "--nnodes 2": "--nnodes 1",
@@ -58,7 +61,7 @@ PLACEHOLDERS = {
 }
 #: What the project folder may hold after the README: its placeholders and what commands were asked to write.
 EXPECTED = {"my_images", "new_photos", "my_split_images", "demo_data", "runs", "my_recipe.yaml", "readme_block.py",
-            "my_shards", "my_dataset"}  # fmt: skip
+            "my_shards", "my_dataset", "my_unlabelled_images"}  # fmt: skip
 
 
 def blocks(text: str) -> list[tuple[str, str]]:
@@ -91,6 +94,7 @@ def project(tmp_path_factory) -> Path:
     (folder / "new_photos").mkdir()
     for i, image in enumerate(sorted(photos.rglob("*.*"))):
         shutil.copy(image, folder / "new_photos" / f"photo{i:02d}{image.suffix}")
+    make_shapes_folder(folder / "my_unlabelled_images", per_class=20, sizes=(24, 64), seed=7, flat=True)
     split = folder / "my_split_images"
     for part, seed in (("train", 4), ("val", 5), ("test", 6)):
         make_shapes_folder(split / part, per_class=16 if part == "train" else 6, sizes=(24, 64), seed=seed)
@@ -168,6 +172,11 @@ def test_every_readme_command_runs_as_written_and_writes_only_into_runs(project,
     assert set(balanced["per_class"]) == {"circle", "cross", "square", "triangle"}
     assert (quickstart / "version_0" / "report" / "report.html").is_file()  # every fit ends with its report
     assert list((runs / "balanced" / "version_0" / "wandb").glob("offline-run-*/files/report.json"))  # and in W&B
+    # Pretraining: its own runs; the encoder exported; the few-label fit started from it; the student distilled.
+    assert (runs / "pretrain" / "version_0" / "checkpoints" / "encoder.safetensors").is_file()
+    assert score(runs / "quickstart_pretrained" / "version_0", "val/acc") >= 0.5
+    for folder in ("distill", "pretrain_mae_vit_base", "distill_vit_base_to_small"):
+        assert list((runs / folder).glob("version_0/checkpoints/last.ckpt")), folder
 
 
 def score(run: Path, monitor: str) -> float:

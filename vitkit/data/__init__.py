@@ -5,6 +5,7 @@ from vitkit.data.folder import ClassFolderDataModule
 from vitkit.data.hf import HFDatasetDataModule
 from vitkit.data.images import IMAGE_EXTENSIONS, ImageDataset, is_image_file, list_images, load_image
 from vitkit.data.manifest import ManifestDataModule
+from vitkit.data.unlabelled import UnlabelledDataModule
 from vitkit.data.webdataset import WebDatasetDataModule
 
 __all__ = [
@@ -14,6 +15,7 @@ __all__ = [
     "ImageDataModule",
     "ImageDataset",
     "ManifestDataModule",
+    "UnlabelledDataModule",
     "WebDatasetDataModule",
     "is_image_file",
     "list_images",

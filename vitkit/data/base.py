@@ -157,11 +157,19 @@ class ImageDataModule(L.LightningDataModule):
         return config
 
     def transform(self, train: bool) -> Any:
-        """timm's train (augmenting) or eval (resize + center crop) transform for the resolved data config."""
+        """timm's train (augmenting) or eval (resize + center crop) transform for the resolved data config.
+
+        A model with a ``train_transform(data_config)`` method (the pretraining methods of :mod:`vitkit.pretrain`:
+        multi-crop views, MAE crops) supplies the training transform itself.
+        """
         from timm.data import create_transform
 
+        config = self.resolved_data_config()
+        module = self.trainer.lightning_module if self.trainer is not None else None
+        if train and callable(getattr(module, "train_transform", None)):
+            return module.train_transform(config)
         extra = self.augment if train else {}
-        return create_transform(**self.resolved_data_config(), is_training=train, **extra)
+        return create_transform(**config, is_training=train, **extra)
 
     def setup(self, stage: str) -> None:
         wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("predict",)}[stage]

@@ -67,6 +67,7 @@ def recipes_main(args: list[str]) -> int:
     for name in names():
         print(f"{name:<{width}}  {describe(RECIPES_DIR / f'{name}.yaml')}")
     print(
-        f"\nUse one with `vitkit fit --config NAME ...`; print it with `vitkit recipes NAME` (files in {RECIPES_DIR})."
+        f"\nUse one with `vitkit fit --config NAME ...` (`vitkit pretrain --config NAME ...` for the vitkit pretrain "
+        f"recipes); print it with `vitkit recipes NAME` (files in {RECIPES_DIR})."
     )
     return 0
