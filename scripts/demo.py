@@ -38,7 +38,7 @@ DEMO_RUNS = ROOT / "runs" / "demo"
 RUN = DEMO_RUNS / "shapes" / "version_0"  # the fit's run folder (runs/demo is emptied first)
 #: The transfer comparison: 3 labelled images per class (val_fraction 0.925 of 40), 10 epochs of batch 4.
 FEW_LABELS = ["--data.init_args.val_fraction", "0.925", "--data.init_args.batch_size", "4", "--trainer.max_epochs",
-              "10", "--trainer.logger", "false"]  # fmt: skip
+              "10", "--trainer.logger", "false", "--report", "false"]  # fmt: skip
 VITKIT = str(Path(sys.executable).with_name("vitkit"))
 UNLABELLED = ROOT / "demo_data" / "unlabelled"
 FEW = ROOT / "demo_data" / "few_labels"
@@ -50,7 +50,8 @@ PRETRAIN_ARGS = ["--model.backbone.init_args.model_kwargs", SMALL_VIT, "--traine
                  "--data.batch_size", "32", "--model.decoder_dim", "64", "--model.decoder_depth", "1",
                  "--model.optimizer.init_args.lr", "3e-3", "--trainer.logger", "false"]  # fmt: skip
 FIT_FEW_ARGS = ["--model.backbone.init_args.model_kwargs", SMALL_VIT, "--data.batch_size", "8", "--data.num_workers",
-                "0", "--trainer.max_epochs", str(FEW_EPOCHS), "--trainer.logger", "false"]  # fmt: skip
+                "0", "--trainer.max_epochs", str(FEW_EPOCHS), "--trainer.logger", "false",
+                "--report", "false"]  # fmt: skip
 
 
 def vitkit(*args: str) -> None:

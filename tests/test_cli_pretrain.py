@@ -87,6 +87,10 @@ def test_mae_lowers_its_loss_monitors_knn_resumes_and_starts_a_fit(tmp_path, unl
     encoder_keys = [k for k in fitted if k.startswith("backbone.model.")]
     assert encoder_keys and all(torch.equal(fitted[k], pretrained[k]) for k in encoder_keys)  # probe: encoder frozen
     assert any(k.startswith("head.") for k in fitted) and not any(k.startswith("head.") for k in pretrained)
+    # The natural mix-up, --ckpt_path for --model.backbone.init_args.weights, says which one to use, in one line.
+    for command in ("fit", "report"):
+        mixed = vitkit(command, "--config", "quickstart", "--data.root", shapes_root, "--ckpt_path", ckpt, check=False)
+        assert "is a `vitkit pretrain` checkpoint" in one_line_error(mixed) and "init_args.weights" in mixed.stderr
 
 
 def test_dino_lowers_its_loss_and_moves_its_ema_teacher(tmp_path, unlabelled):
@@ -134,10 +138,13 @@ def one_line_error(result) -> str:
     return lines[0]
 
 
-def test_an_empty_folder_is_one_line(tmp_path):
+def test_an_empty_or_missing_folder_is_one_line_and_leaves_no_run(tmp_path):
     (tmp_path / "empty" / "sub").mkdir(parents=True)
     line = one_line_error(pretrain(tmp_path, tmp_path / "empty", check=False))
     assert "no images found" in line and str(tmp_path / "empty") in line
+    # As users type it: the recipe's own (W&B) logger; a typo in the folder name.
+    typo = vitkit("pretrain", "--config", "pretrain", "--data.root", "unlabeled", cwd=tmp_path, check=False)
+    assert "data root not found: unlabeled" in one_line_error(typo) and "interrupted" not in typo.stdout
     assert not (tmp_path / "runs").exists()  # a run that never started leaves no run folder
 
 

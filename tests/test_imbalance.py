@@ -92,3 +92,15 @@ def test_bad_focal_and_precision_options_are_rejected():
         MultiLabel(target_precision=1.5)
     with pytest.raises(ValueError, match="must be positive and finite"):
         bound(Classification(class_weights=[1.0, 0.0, math.inf]))
+
+
+@pytest.mark.slow
+def test_a_bad_option_value_on_the_command_line_is_one_line(shapes_root):
+    from tests.helpers import vitkit
+
+    result = vitkit("fit", "--config", "quickstart", "--data.root", shapes_root,
+                    "--model.task.init_args.focal_gamma", "-2", check=False)  # fmt: skip
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert (
+        result.stderr.strip().splitlines()[-1] == "vitkit: error: Classification: focal_gamma must be >= 0, got -2.0."
+    ), result.stderr

@@ -96,6 +96,9 @@ class VitkitCLI(LightningCLI):
       writer (predict) are added unless the recipe already has callbacks of those kinds.
     """
 
+    #: Whether the model is a pretraining method (``vitkit pretrain``): its checkpoints are not a fit's.
+    pretraining = False
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         given = kwargs.get("args")
         argv = resolve_argv(list(given) if isinstance(given, list) else sys.argv[1:])
@@ -104,6 +107,7 @@ class VitkitCLI(LightningCLI):
         hparams = dict(checkpoint.get("hyper_parameters") or {})
         self.checkpoint_hparams = {k: v for k, v in hparams.items() if not k.startswith("_")}
         self.checkpoint_info: dict[str, Any] = dict(checkpoint.get("vitkit") or {})
+        _check_kind(self.ckpt_path, hparams.get("_class_path"), self.pretraining)
         if argv[:1] != ["fit"] and self.checkpoint_info.get("data") and "--config" in argv:
             # Evaluating or using a trained model: its own data, not the recipe's placeholder (--data.* re-points it).
             at = len(argv) - argv[::-1].index("--config") + 1
@@ -447,11 +451,37 @@ _WORKER_HINT = (
 )
 
 
-def _vitkit_error_in(err: BaseException | None) -> VitkitError | None:
-    """The VitkitError that caused ``err`` (jsonargparse wraps errors raised while linking arguments)."""
+def _vitkit_error_in(err: BaseException | None) -> Exception | None:
+    """The VitkitError that caused ``err`` (jsonargparse wraps errors raised while linking arguments), or the
+    ValueError a vitkit class raised on a bad argument value while the config was instantiated."""
+    top = err
     while err is not None and not isinstance(err, VitkitError):
-        err = err.__cause__
+        if err is not top and isinstance(err, ValueError) and _raised_by_vitkit(err):
+            return err
+        err = err.__cause__ or err.__context__
     return err
+
+
+def _raised_by_vitkit(err: BaseException) -> bool:
+    """Whether ``err`` was raised inside the vitkit package (an argument check), not in a library."""
+    tb = err.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and Path(tb.tb_frame.f_code.co_filename).resolve().is_relative_to(Path(__file__).parent)
+
+
+def _check_kind(ckpt_path: str | None, class_path: str | None, pretraining: bool) -> None:
+    """A pretraining checkpoint given to fit/evaluate/use commands (or a fit's to ``vitkit pretrain``): one line."""
+    if ckpt_path and class_path and not pretraining:
+        raise VitkitError(
+            f"{ckpt_path} is a `vitkit pretrain` checkpoint ({class_path}): start a fit from its encoder with "
+            f"--model.backbone.init_args.weights {ckpt_path} (--ckpt_path resumes or uses a fit's checkpoint)."
+        )
+    if ckpt_path and pretraining and not class_path:
+        raise VitkitError(
+            f"{ckpt_path} is not a `vitkit pretrain` checkpoint: --ckpt_path resumes a pretraining run; to start "
+            f"from a fitted model's encoder give --model.backbone.init_args.weights {ckpt_path}."
+        )
 
 
 if __name__ == "__main__":

@@ -103,7 +103,7 @@ def find_lr(
     if suggestion is None:
         raise VitkitError(
             f"the LR range test took too few steps to suggest an LR ({len(lrs)} of --lr_steps {steps}): the loss "
-            "diverged early (lower --max_lr) or the data is too small."
+            "diverged early (lower --max_lr), --lr_steps is too low, or the data is too small."
         )
     if trainer.is_global_zero:
         folder = Path(trainer.default_root_dir)

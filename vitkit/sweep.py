@@ -134,6 +134,8 @@ def _report(recipe: Recipe, study: Any, dims: dict, keys: dict, base: dict, fold
     path = folder / f"{folder.parent.name}-best.yaml"
     resolved = recipe.resolved(with_values(base, values), f"best trial {best.number}")
     resolved = {k: v for k, v in resolved.items() if k not in _tune_options() and k != "config"}
+    if isinstance(resolved.get("trainer"), dict):  # its runs go to runs/<its file name>, as any copied recipe's
+        resolved["trainer"].pop("default_root_dir", None)
     path.write_text(f"# The best trial ({best.number}, {monitor} {best.value:.4g}) of {_shown(folder)}.\n"
                     + yaml.safe_dump(resolved, sort_keys=False))  # fmt: skip
     longer = any(k.startswith(("trainer.max_epochs", "trainer.max_steps")) for k in fixed)

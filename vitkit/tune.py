@@ -81,6 +81,10 @@ def run_tune(
     """What :meth:`vitkit.trainer.VitkitTrainer.tune` does, by ``mode``."""
     if mode not in MODES:
         raise VitkitError(f"--mode {mode}: expected one of {', '.join(MODES)}.")
+    if mode == "lr" and lr_steps < 20:
+        raise VitkitError(f"--lr_steps {lr_steps}: the LR range test needs at least 20 steps (default 100).")
+    if mode == "lr" and not 0 < min_lr < max_lr:
+        raise VitkitError(f"--min_lr {min_lr} --max_lr {max_lr}: expected 0 < min_lr < max_lr.")
     if mode == "sweep":
         from vitkit.sweep import run_sweep
 

@@ -122,7 +122,8 @@ def imbalance(counts: dict[str, int], kind: str) -> list[str]:
     if ratio > IMBALANCED:
         fix = ("--data.init_args.sampler balanced, or --model.task.init_args.class_weights auto" if kind == "class"
                else "--data.init_args.sampler balanced, or --model.task.init_args.pos_weight true")  # fmt: skip
-        lines.append(f"  rare {kind}s may never be predicted; balance the training: {fix}")
+        plural = "classes" if kind == "class" else f"{kind}s"
+        lines.append(f"  rare {plural} may never be predicted; balance the training: {fix}")
     return lines
 
 

@@ -47,6 +47,8 @@ class PretrainCLI(VitkitCLI):
     is also written as ``checkpoints/encoder.safetensors`` (timm layout).
     """
 
+    pretraining = True
+
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
         return {"fit": LightningCLI.subcommands()["fit"]}
@@ -74,6 +76,8 @@ class PretrainCLI(VitkitCLI):
         super().before_instantiate_classes()
 
     def after_instantiate_classes(self) -> None:
+        if hasattr(self.datamodule, "splits"):  # a wrong or empty folder stops here, before a run folder is used
+            self.datamodule.splits  # noqa: B018 (cached: the run reads the same scan)
         # The method's own config (its class_path and init_args, backbone and teacher included), so checkpoints
         # record how to rebuild it; the module itself keeps no live objects in its hyperparameters.
         model_config = yaml.safe_load(self.parser.dump(self.config, skip_none=False))[self.subcommand]["model"]
