@@ -88,9 +88,10 @@ def test_sweep_killed_mid_trial_resumes_from_its_database_and_its_best_recipe_fi
     assert recipe["model"]["optimizer"]["init_args"]["lr"] == pytest.approx(best_lr)
     assert f"--model.optimizer.init_args.lr {best_lr:.4g}" in resumed.stdout
     vitkit("fit", "--config", best, "--trainer.max_epochs", "1", cwd=tmp_path)
-    fitted = yaml.safe_load((run.with_name("version_1") / "config.yaml").read_text())
+    fitted_run = tmp_path / "runs" / "quickstart-best" / "version_0"  # runs/<recipe file name>, as any copy's
+    fitted = yaml.safe_load((fitted_run / "config.yaml").read_text())
     assert fitted["model"]["optimizer"]["init_args"]["lr"] == pytest.approx(best_lr)
-    assert (run.with_name("version_1") / "checkpoints" / "last.ckpt").is_file()
+    assert (fitted_run / "checkpoints" / "last.ckpt").is_file()
 
 
 @pytest.mark.parametrize(

@@ -150,11 +150,12 @@ def test_every_readme_command_runs_as_written_and_writes_only_into_runs(project,
     # dataset trained version_1 and version_2; the copied recipe has its own runs.
     assert sorted(p.name for p in quickstart.iterdir()) == ["version_0", "version_1", "version_2"]
     assert (runs / "my_recipe" / "version_0" / "checkpoints" / "last.ckpt").is_file()
-    # Tuning: the LR plot, the batch-size search, a 3-trial sweep, and a fit of its best recipe in the recipe's runs.
+    # Tuning: the LR plot, the batch-size search, a 3-trial sweep, and a fit of its best recipe in runs/<its name>.
     tuned = runs / "my_recipe"
     assert (tuned / "version_1" / "lr_find.png").is_file() and (tuned / "version_2" / "batch_size.json").is_file()
     assert (tuned / "version_3" / "study.db").is_file() and (tuned / "version_3" / "my_recipe-best.yaml").is_file()
-    assert (tuned / "version_4" / "checkpoints" / "last.ckpt").is_file()
+    assert (runs / "my_recipe-best" / "version_0" / "checkpoints" / "last.ckpt").is_file()
+    assert not (tuned / "version_4").exists()
     assert score(quickstart / "version_0", "val/acc") >= 0.75  # chance 0.25
     assert (quickstart / "version_0" / "validate" / "metrics.json").is_file()
     assert json.loads((quickstart / "version_0" / "test" / "metrics.json").read_text())["test/acc"] >= 0.6
