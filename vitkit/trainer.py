@@ -62,16 +62,19 @@ class VitkitTrainer(L.Trainer):
             return
         resuming = f" (resuming {_shown(ckpt_path)})" if ckpt_path else ""
         rank_zero_info(f"vitkit: run folder: {_shown(self.default_root_dir)}{resuming}")
-        written = None
+        written = summary = None
         try:
             super().fit(model, train_dataloaders, val_dataloaders, datamodule, ckpt_path, weights_only)
+            # Before the report: scoring the best checkpoint restores its (older) checkpoint-callback states.
+            summary = self._fit_summary()
             if report and self.state.status == TrainerStatus.FINISHED:
                 from vitkit.report import report_after_fit
 
                 written = report_after_fit(self, model, datamodule)
         finally:  # also after Ctrl-C, which Lightning ends with SystemExit
             if self.is_global_zero:
-                rank_zero_info(self._fit_summary() + (f"\nreport: {_shown(written)}" if written else ""))
+                summary = summary or self._fit_summary()
+                rank_zero_info(summary + (f"\nreport: {_shown(written)}" if written else ""))
 
     def _fit_summary(self) -> str:
         lines = [f"run folder: {_shown(self.default_root_dir)}"]
