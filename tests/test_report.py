@@ -65,6 +65,7 @@ def assert_pictures_render(html: Path, tmp_path: Path, pictures: int) -> None:
 def assert_describes(record: dict, checkpoint: Path) -> None:
     """report.json has the issue's keys, for every class, with the temperature stored in ``checkpoint``."""
     assert record["checkpoint"] == str(checkpoint.resolve()) and record["task"] == "classification"
+    assert record["data"].startswith("data root ")  # which images it scored
     assert set(record["per_class"]) == set(SHAPES)
     assert all(set(v) >= METRICS for v in record["per_class"].values())
     assert sum(v["support"] for v in record["per_class"].values()) == record["samples"] == 12  # 20% of 15 per class
@@ -92,6 +93,8 @@ def test_fit_ends_with_a_report_and_vitkit_report_writes_one_into_the_run_folder
     assert_describes(json.loads((run / "report" / "report.json").read_text()), best)
 
     shutil.rmtree(run / "report")
+    bad = vitkit("report", "--ckpt_path", "last", "--confidence", "1.5", cwd=tmp_path, check=False)
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].startswith("vitkit: error: --confidence 1.5")
     result = vitkit("report", "--ckpt_path", "last", cwd=tmp_path)
     assert "report written to runs/quickstart/version_0/report/report.html" in result.stdout
     assert sorted(p.name for p in (run / "report").iterdir()) == ["label_errors.csv", "report.html", "report.json"]

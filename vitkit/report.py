@@ -247,6 +247,7 @@ def make_report(trainer: L.Trainer, model: Any, datamodule: Any, ckpt_path: str 
     public = {split: {k: v for k, v in s.items() if not k.startswith("_")} for split, s in sections.items()}
     record = {
         "checkpoint": str(Path(source).resolve()) if source else None,
+        "data": datamodule.describe_source() if hasattr(datamodule, "describe_source") else None,
         "task": type(task).__name__.lower(),
         "splits": splits,
         "confidence": confidence,

@@ -20,7 +20,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from vitkit.checkpoints import read_checkpoint
 from vitkit.data.images import is_image_file, list_images
-from vitkit.errors import DataError, WeightsError
+from vitkit.errors import DataError, VitkitError, WeightsError
 from vitkit.writers import CSVPredictionWriter, EmbeddingWriter
 
 
@@ -218,6 +218,10 @@ class VitkitTrainer(L.Trainer):
             confidence: calibrated confidence from which a contradicted label is listed as a suspected error.
         """
         from vitkit.report import make_report
+
+        if not 0 < confidence <= 1 or top_losses < 0:
+            raise VitkitError(f"--confidence {confidence} --top_losses {top_losses}: expected a confidence in (0, 1] "
+                              "and top_losses >= 0.")  # fmt: skip
 
         folder = Path(output) if output else Path(self.default_root_dir) / "report"
         written = make_report(self, model, datamodule, ckpt_path, folder, top_losses, confidence)
