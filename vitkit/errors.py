@@ -34,6 +34,13 @@ def concise_parse_error(message: str) -> str:
     if keys and given:
         expected = list(dict.fromkeys(re.findall(r"Expected a <class '(\w+)'>", message))) or ["another type"]
         expected = ["null" if t == "NoneType" else t for t in expected]
+        choices = re.findall(r"Literal\[([^\]]+)\]", message)
+        if choices:  # the allowed words first: --mode lrr names lr, batch_size, sweep
+            expected = [f"one of {choices[0]}", *(t for t in expected if t not in ("str", "another type"))]
         example = ' (e.g. "[a, b]")' if "list" in expected else ""
         return f"--{'.'.join(keys)}: expected {' or '.join(expected)}{example}, got {given[0]!r}."
+    choices = re.findall(r"Literal\[([^\]]+)\]", message)
+    got = re.search(r"Got value: (.*)", message)
+    if keys and choices and got:
+        return f"--{keys[0]}: expected one of {choices[0]}, got {got.group(1).strip()!r}."
     return " ".join(line.strip() for line in message.strip().splitlines()[:3])
