@@ -110,3 +110,14 @@ def test_bad_sweep_key_or_space_is_one_line(tmp_path, shapes_root, space, says):
     errors = [line for line in result.stderr.splitlines() if line.startswith("vitkit: error")]
     assert result.returncode == 2 and len(errors) == 1 and says in errors[0], result.stderr
     assert "Traceback" not in result.stderr and not (tmp_path / "runs" / "quickstart" / "version_0").exists()
+
+
+def test_an_lr_test_that_cannot_suggest_is_one_line_and_leaves_no_run(tmp_path, shapes_root):
+    base = ["tune", "--config", "quickstart", "--data.root", shapes_root, *TINY, "--mode", "lr"]
+    cases = [(["--lr_steps", "5"], "--lr_steps 5: the LR range test needs at least 20 steps"),
+             (["--min_lr", "1e3", "--max_lr", "1e6", "--lr_steps", "20"], "took too few steps")]  # fmt: skip
+    for extra, says in cases:
+        result = vitkit(*base, *extra, check=False, cwd=tmp_path)
+        errors = [line for line in result.stderr.splitlines() if line.startswith("vitkit: error")]
+        assert result.returncode == 2 and len(errors) == 1 and says in errors[0], result.stderr
+        assert not (tmp_path / "runs").exists()  # not even the config of a tuning run that found nothing

@@ -123,7 +123,8 @@ class VitkitCLI(LightningCLI):
             super().__init__(*args, **kwargs)
         except BaseException:
             if getattr(self, "subcommand", None) in ("fit", "tune") and self.run_dir and not is_launched_process():
-                discard_if_empty(self.run_dir)  # a run that never started leaves no empty version_N behind
+                # A run that never started leaves no empty version_N behind (nor a failed tune its config alone).
+                discard_if_empty(self.run_dir, ignore=("config.yaml",) if self.subcommand == "tune" else ())
             raise
 
     @staticmethod

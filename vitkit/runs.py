@@ -118,10 +118,13 @@ def best_checkpoint(last: Path) -> Path:
     return bests[-1]
 
 
-def discard_if_empty(run: Path) -> None:
-    """Remove a run folder that a failed start left without any file, and the folders above it that it emptied."""
-    if not run.is_dir() or any(p.is_file() for p in run.rglob("*")):
+def discard_if_empty(run: Path, ignore: tuple[str, ...] = ()) -> None:
+    """Remove a run folder that a failed start left without any file (but those named in ``ignore``, directly in
+    it), and the folders above it that it emptied."""
+    if not run.is_dir() or any(p.is_file() and (p.parent != run or p.name not in ignore) for p in run.rglob("*")):
         return
+    for name in ignore:
+        (run / name).unlink(missing_ok=True)
     for folder in sorted(run.rglob("*"), key=lambda p: len(p.parts), reverse=True):
         folder.rmdir()
     for folder in (run, run.parent, run.parent.parent):  # version_N, runs/<recipe>, runs
