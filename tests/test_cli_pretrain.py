@@ -61,7 +61,8 @@ def metrics(run: Path, name: str) -> list[float]:
 
 
 def test_mae_lowers_its_loss_monitors_knn_resumes_and_starts_a_fit(tmp_path, unlabelled, shapes_root):
-    pretrain(tmp_path, unlabelled, *MAE, "--trainer.max_epochs", "4", "--data.knn_root", shapes_root)
+    started = pretrain(tmp_path, unlabelled, *MAE, "--trainer.max_epochs", "4", "--data.knn_root", shapes_root)
+    assert f"pretraining on 48 images under {unlabelled}; k-NN monitor: " in started.stdout + started.stderr
     run = tmp_path / "runs" / "pretrain" / "version_0"  # the run lifecycle of `vitkit fit`
     losses = metrics(run, "train/loss_epoch")
     assert len(losses) == 4 and losses[-1] < losses[0], losses

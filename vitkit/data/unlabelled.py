@@ -6,6 +6,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 
 from vitkit.data.base import ImageDataModule
@@ -50,7 +51,10 @@ class UnlabelledDataModule(ImageDataModule):
                 f"no images found under {self.root} (searched recursively for .jpg, .png, .webp, ...): "
                 "point --data.root at a folder that holds your images."
             )
-        return {"train": [(path, UNLABELLED) for path in images], "val": self._knn_samples(), "test": None}
+        knn = self._knn_samples()
+        extra = f"; k-NN monitor: {len(knn)} labelled images under {self.knn_root}" if knn else ""
+        rank_zero_info(f"vitkit: pretraining on {len(images)} images under {self.root}{extra}")
+        return {"train": [(path, UNLABELLED) for path in images], "val": knn, "test": None}
 
     def _knn_samples(self) -> list[Sample] | None:
         """All labelled images of ``knn_root`` (train, val and test folders, if it has them), by class."""
