@@ -8,6 +8,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from PIL import Image
 
 from tests.conftest import TINY_VIT
 from vitkit import (
@@ -93,7 +94,7 @@ def test_dino_teacher_starts_equal_and_moves_by_the_ema_rule():
 
 def test_dino_local_crops_are_smaller_for_a_dynamic_vit_and_full_size_otherwise():
     config = {"input_size": (3, 32, 32), "mean": (0.5,) * 3, "std": (0.5,) * 3}
-    image = torch.zeros(3, 40, 40)
+    image = Image.new("RGB", (40, 40))  # as the data module gives it (lightly's solarization is PIL-only)
     views = small_dino().train_transform(config)(image)
     assert [tuple(v.shape[1:]) for v in views] == [(32, 32)] * 2 + [(16, 16)] * 2  # 2 global, 2 local (96/224)
     fixed = DINO(tiny(), output_dim=64, hidden_dim=32, bottleneck_dim=16, n_local_views=1)

@@ -196,13 +196,7 @@ class TransferModule(L.LightningModule):
     def configure_optimizers(self) -> Any:
         optimizer = self.optimizer_factory(self.finetune.param_groups(self))
         scaled_optimizer_groups(optimizer)
-        if self.scheduler_factory is None:
-            return optimizer
-        if _accepts(self.scheduler_factory, "total_steps"):
-            scheduler = self.scheduler_factory(optimizer, total_steps=int(self.trainer.estimated_stepping_batches))
-        else:
-            scheduler = self.scheduler_factory(optimizer)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": self.scheduler_interval}}
+        return with_scheduler(self, optimizer)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         saved = checkpoint.get("hyper_parameters", {}).get("class_names")
@@ -230,6 +224,19 @@ class TransferModule(L.LightningModule):
             args = backbone.get("init_args", backbone)
             if args.get("pretrained") or args.get("weights"):
                 args["pretrained"], args["weights"] = False, None
+
+
+def with_scheduler(module: Any, optimizer: Any) -> Any:
+    """``configure_optimizers``'s answer: the optimizer, with the module's scheduler (given the run's total steps
+    when it takes them) stepped every ``module.scheduler_interval``, if it has one."""
+    if module.scheduler_factory is None:
+        return optimizer
+    if _accepts(module.scheduler_factory, "total_steps"):
+        total = int(module.trainer.estimated_stepping_batches)
+        scheduler = module.scheduler_factory(optimizer, total_steps=total)
+    else:
+        scheduler = module.scheduler_factory(optimizer)
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": module.scheduler_interval}}
 
 
 def _accepts(factory: Callable, name: str) -> bool:

@@ -18,7 +18,7 @@ from torchmetrics.aggregation import CatMetric
 
 from vitkit.backbone import Backbone
 from vitkit.errors import WeightsError
-from vitkit.module import _accepts, _default_optimizer, _is_plain
+from vitkit.module import _default_optimizer, _is_plain, with_scheduler
 
 
 def _require_lightly() -> None:
@@ -124,13 +124,7 @@ class PretrainModule(L.LightningModule):
             if group["weight_decay"] > 0:
                 del group["weight_decay"]  # the optimizer's own weight decay applies
         optimizer = self.optimizer_factory([g for g in groups if g["params"]])
-        if self.scheduler_factory is None:
-            return optimizer
-        if _accepts(self.scheduler_factory, "total_steps"):
-            scheduler = self.scheduler_factory(optimizer, total_steps=int(self.trainer.estimated_stepping_batches))
-        else:
-            scheduler = self.scheduler_factory(optimizer)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": self.scheduler_interval}}
+        return with_scheduler(self, optimizer)
 
     def configure_callbacks(self) -> list[L.Callback]:
         return [EncoderExport()]
