@@ -67,3 +67,28 @@ def test_head_options_bound_with_a_partial():
 
     model = TransferModule(Backbone(**TINY_VIT), num_outputs=2, head=partial(TwoLayerHead, width=7))
     assert model.head.width == 7
+
+
+def _fit_head(head: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int = 400) -> float:
+    """Train ``head`` on ``(x, y)`` with Adam; the R^2 it reaches on held-out draws of the same distribution."""
+    optimizer = torch.optim.Adam(head.parameters(), lr=3e-3)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        torch.nn.functional.mse_loss(head(x[:512]), y[:512]).backward()
+        optimizer.step()
+    with torch.no_grad():
+        residual = ((head(x[512:]) - y[512:]) ** 2).sum()
+        return float(1 - residual / ((y[512:] - y[512:].mean()) ** 2).sum())
+
+
+def test_default_mlp_head_learns_a_linear_regression_target_that_depends_on_feature_magnitude():
+    # Features whose scale varies per image and a target linear in them: what a pooled ViT embedding and a
+    # "fraction covered" target look like. A LayerNorm after the hidden layer (the old default) divides out each
+    # sample's scale, so it cannot fit this target.
+    torch.manual_seed(0)
+    x = torch.randn(1024, 16) * torch.exp(torch.randn(1024, 1) * 1.5)  # scales over two orders of magnitude
+    y = x @ torch.randn(16, 1)
+    torch.manual_seed(0)
+    assert _fit_head(MLPHead(16, 1, hidden_dims=[64]), x, y) > 0.85  # measured 0.93
+    torch.manual_seed(0)
+    assert _fit_head(MLPHead(16, 1, hidden_dims=[64], norm="layernorm"), x, y) < 0.7  # measured 0.45: it can't

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -28,6 +28,10 @@ class Backbone(nn.Module):
             checkpoint (``.ckpt``) whose backbone is reused. Classifier tensors in the file are dropped.
         model_kwargs: extra ``timm.create_model`` arguments (``img_size``, ``patch_size``, ``depth``,
             ``drop_path_rate``, ``global_pool``, ``pretrained_cfg_overlay``, ...). ``None`` values are dropped.
+        eval_crop: what evaluation, prediction and export feed the model: ``whole`` (default) resizes the whole
+            image to the input size, as training's random crops at full scale see it; ``center`` keeps the timm
+            pretrained config's resize + centre crop (``crop_pct``), which cuts the image edges (and changes a
+            target such as the fraction of the image covered by something).
     """
 
     def __init__(
@@ -36,8 +40,12 @@ class Backbone(nn.Module):
         pretrained: bool = False,
         weights: str | Path | None = None,
         model_kwargs: dict[str, Any] | None = None,
+        eval_crop: Literal["whole", "center"] = "whole",
     ) -> None:
         super().__init__()
+        if eval_crop not in ("whole", "center"):
+            raise ValueError(f"Backbone: eval_crop must be 'whole' or 'center', got {eval_crop!r}.")
+        self.eval_crop = eval_crop
         if pretrained and weights is not None:
             raise ValueError("Backbone: give either pretrained=True (hub weights) or weights=PATH, not both.")
         kwargs = {k: v for k, v in (model_kwargs or {}).items() if v is not None}
@@ -82,6 +90,8 @@ class Backbone(nn.Module):
         dynamic = getattr(self.model, "dynamic_img_size", False)
         if img_size is not None and (not dynamic or "img_size" in self.model_kwargs):
             config["input_size"] = (config["input_size"][0], *tuple(img_size))
+        if self.eval_crop == "whole":
+            config["crop_pct"], config["crop_mode"] = 1.0, "squash"
         return config
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

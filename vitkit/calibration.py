@@ -32,10 +32,61 @@ T_RANGE = (0.05, 20.0)
 N_BINS = 15
 
 
-def fit_temperature(logits: torch.Tensor, targets: torch.Tensor, multilabel: bool = False) -> float:
+#: Folds of the cross-fitting check that a temperature helps on images it was not fitted on.
+FOLDS = 5
+#: The held-out NLL must fall by this fraction too: on a small val split of an already calibrated model, noise alone
+#: makes ECE fall in 1 of 2 draws (a synthetic check: 45 of 90 held-out ECEs made worse by the ECE test alone, 6 of 90
+#: with both tests, with the same gain on over- and under-confident models).
+NLL_MARGIN = 0.01
+
+
+def fit_temperature(
+    logits: torch.Tensor, targets: torch.Tensor, multilabel: bool = False, folds: int | None = None
+) -> float:
     """The temperature minimising the NLL of ``logits / T`` (softmax cross-entropy, or per-label sigmoid BCE with
-    ``multilabel``), by L-BFGS on ``log T``; 1.0 when there is nothing to fit."""
+    ``multilabel``), by L-BFGS on ``log T``; 1.0 when there is nothing to fit.
+
+    With ``folds`` (default :data:`FOLDS`; at least ``2 * folds`` samples) the temperature is kept only if it
+    lowers the ECE and the NLL on held-out samples: each fold is scored with a temperature fitted on the other
+    folds (:func:`cross_fitted`). Fitted and scored on the same small val split, temperature scaling can look like
+    a gain and be a loss on new images (ECE 0.144 -> 0.202 on a test split, issue 24); then 1.0 (no scaling).
+    """
     logits, targets = logits.detach().float().cpu(), targets.detach().cpu()
+    folds = FOLDS if folds is None else folds
+    value = _fit(logits, targets, multilabel)
+    if value == 1.0 or not folds or len(logits) < 2 * folds:
+        return value
+    held_out = cross_fitted(logits, targets, multilabel, folds)
+    plain = logits.sigmoid() if multilabel else logits.softmax(-1)
+    ece_helps = expected_calibration_error(held_out, targets, multilabel) < expected_calibration_error(
+        plain, targets, multilabel
+    )
+    nll_helps = _nll_of(held_out, targets, multilabel) < (1 - NLL_MARGIN) * _nll_of(plain, targets, multilabel)
+    return value if ece_helps and nll_helps else 1.0
+
+
+def cross_fitted(logits: torch.Tensor, targets: torch.Tensor, multilabel: bool = False, folds: int = FOLDS):
+    """Out-of-fold calibrated probabilities: sample ``i`` (fold ``i % folds``) divided by the temperature fitted
+    on the other folds, so each score comes from a temperature that never saw it (held-out ECE without a test
+    split)."""
+    logits, targets = logits.detach().float().cpu(), targets.detach().cpu()
+    fold = torch.arange(len(logits)) % folds
+    scaled = torch.empty_like(logits)
+    for k in range(folds):
+        rest = fold != k
+        scaled[~rest] = logits[~rest] / _fit(logits[rest], targets[rest], multilabel)
+    return scaled.sigmoid() if multilabel else scaled.softmax(-1)
+
+
+def _nll_of(probabilities: torch.Tensor, targets: torch.Tensor, multilabel: bool) -> float:
+    p = probabilities.clamp(1e-7, 1 - 1e-7)
+    if multilabel:
+        return float(F.binary_cross_entropy(p, targets.float()))
+    return float(F.nll_loss(p.log(), targets.long()))
+
+
+def _fit(logits: torch.Tensor, targets: torch.Tensor, multilabel: bool) -> float:
+    """The NLL-minimising temperature of ``logits`` (float, CPU) for ``targets``, within :data:`T_RANGE`."""
     if len(logits) == 0:
         return 1.0
     targets = targets.float() if multilabel else targets.long()

@@ -25,7 +25,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from torchmetrics.functional import classification as C
 from torchmetrics.functional import mean_absolute_error, mean_squared_error, r2_score
 
-from vitkit.calibration import expected_calibration_error, fit_temperature
+from vitkit.calibration import cross_fitted, expected_calibration_error, fit_temperature
 from vitkit.errors import DataError, VitkitError
 from vitkit.tasks import Classification, MultiLabel
 from vitkit.writers import _indices, _samples_of
@@ -234,8 +234,17 @@ def make_report(trainer: L.Trainer, model: Any, datamodule: Any, ckpt_path: str 
     sections, errors = {}, []
     for split, result in results.items():
         sections[split] = analyse(task, result["outputs"], result["targets"], temperature)
-        if sections[split]["calibration"] is not None:
-            sections[split]["calibration"]["stored_in_checkpoint"] = stored
+        calibration = sections[split]["calibration"]
+        if calibration is not None:
+            # Which split each number is from: T is fitted on val, so val's "after" is in-sample; its held-out
+            # counterpart is the cross-fitted ECE (each fold scaled by a T fitted on the other folds).
+            calibration.update(stored_in_checkpoint=stored, fitted_on=splits[0], held_out=split != splits[0])
+            if split == splits[0] and temperature != 1.0:
+                multilabel = isinstance(task, MultiLabel)
+                scores = cross_fitted(result["outputs"], result["targets"], multilabel)
+                calibration["ece_after_cross_fitted"] = expected_calibration_error(
+                    scores, result["targets"], multilabel
+                )
         errors += label_errors(task, split, sections[split], result["keys"], confidence)
         sections[split]["label_errors"] = sum(e["split"] == split for e in errors)
     folder.mkdir(parents=True, exist_ok=True)

@@ -171,10 +171,17 @@ def _section(model: Any, split: str, section: dict[str, Any], result: dict[str, 
             parts += ["<h3>most confused pairs</h3>", _table(["true", "predicted as", "images"], pairs)]
         parts.append(pr_figure(arrays["curves"], names, section["per_class"], section.get("thresholds")))
         c = section["calibration"]
-        where = "stored in the checkpoint" if c["stored_in_checkpoint"] else "fitted on val for this report only"
-        parts += [f"<h3>calibration</h3><p>temperature {c['temperature']:.4g} ({where}); expected calibration error "
-                  f"{c['ece_before']:.4f} before, {c['ece_after']:.4f} after; NLL {c['nll_before']:.4f} before, "
-                  f"{c['nll_after']:.4f} after.</p>",
+        where = "stored in the checkpoint" if c["stored_in_checkpoint"] else "fitted for this report only"
+        if c["held_out"]:
+            scope = f"held out: nothing was fitted on the {split} split"
+        else:
+            crossed = c.get("ece_after_cross_fitted")
+            scope = f"in-sample: the temperature was fitted on this {split} split" + (
+                f"; held-out estimate (5-fold cross-fitted) ECE after {crossed:.4f}" if crossed is not None else ""
+            )
+        parts += [f"<h3>calibration</h3><p>temperature {c['temperature']:.4g} (fitted on {c['fitted_on']}, {where});"
+                  f" on {split} ({scope}): expected calibration error {c['ece_before']:.4f} before,"
+                  f" {c['ece_after']:.4f} after; NLL {c['nll_before']:.4f} before, {c['nll_after']:.4f} after.</p>",
                   reliability_figure(arrays["before"], arrays["after"], arrays["targets"], multilabel, c)]  # fmt: skip
     if result["worst"]:
         targets = {k: t for k, t in zip(result["keys"], result["targets"].tolist(), strict=True)}

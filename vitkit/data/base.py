@@ -35,7 +35,8 @@ class ImageDataModule(L.LightningDataModule):
         num_workers: DataLoader worker processes (per device).
         image_size: override the model's input size (height = width); ViTs need ``img_size`` on the backbone instead.
         augment: extra ``timm.data.create_transform`` arguments for training, e.g. ``{scale: [0.5, 1.0],
-            hflip: 0.5, auto_augment: rand-m9-mstd0.5, re_prob: 0.25, color_jitter: 0.4}``.
+            hflip: 0.5, auto_augment: rand-m9-mstd0.5, re_prob: 0.25, color_jitter: 0.4}``. Colour jitter is off
+            unless given here (timm's 0.4 is an ImageNet-scale default: on small sets colour is often the cue).
         data_config: explicit timm data config; by default it is read from the model in ``setup``.
         predict_root: images for ``vitkit predict`` (any folder, searched recursively, no labels needed);
             without it, predict runs on the test split, else on val.
@@ -168,7 +169,7 @@ class ImageDataModule(L.LightningDataModule):
         module = self.trainer.lightning_module if self.trainer is not None else None
         if train and callable(getattr(module, "train_transform", None)):
             return module.train_transform(config)
-        extra = self.augment if train else {}
+        extra = {"color_jitter": None, **self.augment} if train else {}
         return create_transform(**config, is_training=train, **extra)
 
     def setup(self, stage: str) -> None:
