@@ -287,6 +287,35 @@ class VitkitTrainer(L.Trainer):
         print(f"exported {format} model to {written} (metadata: {written}.json)")
         return written
 
+    def publish(
+        self,
+        model: L.LightningModule,
+        ckpt_path: str,
+        output: str,
+        datamodule: L.LightningDataModule | None = None,
+        push_to: str | None = None,
+    ) -> Path:
+        """Write a trained model in timm's hub layout (config.json, model.safetensors, a README.md model card).
+
+        ``timm.create_model("local-dir:OUTPUT", pretrained=True)`` loads it without vitkit; its logits are the
+        calibrated ones (softmax / sigmoid of them is what ``vitkit predict`` writes). The head must be linear.
+
+        Args:
+            model: the model, rebuilt from the checkpoint's config.
+            ckpt_path: the trained checkpoint.
+            output: the folder to write.
+            datamodule: not used.
+            push_to: also upload the folder to this Hugging Face hub repo (``user/name``).
+        """
+        from vitkit.publish import publish_model, push_folder
+
+        load_weights(model, ckpt_path)
+        folder = publish_model(model, output, ckpt_path)
+        print(f"published the model in timm's hub layout to {_shown(folder)} (config.json, model.safetensors, README)")
+        if push_to:
+            print(f"uploaded to {push_folder(folder, push_to)}")
+        return folder
+
     def explain(
         self,
         model: L.LightningModule,
