@@ -316,6 +316,42 @@ class VitkitTrainer(L.Trainer):
             print(f"uploaded to {push_folder(folder, push_to)}")
         return folder
 
+    def serve(
+        self,
+        model: L.LightningModule,
+        ckpt_path: str,
+        datamodule: L.LightningDataModule | None = None,
+        port: int = 8000,
+        host: str = "127.0.0.1",
+        workers: int = 1,
+        max_batch_size: int = 8,
+        batch_timeout: float = 0.01,
+        top_k: int = 5,
+    ) -> None:
+        """Serve a trained model over HTTP (LitServe, the ``serve`` extra): ``POST /predict`` with an image gives the
+        calibrated prediction (``?explain=1`` adds the attention map); ``GET /`` is a page to try it.
+
+        Args:
+            model: the model, rebuilt from the checkpoint's config.
+            ckpt_path: the trained checkpoint.
+            datamodule: not used.
+            port: the TCP port.
+            host: the address to listen on; ``127.0.0.1`` is this machine only, ``0.0.0.0`` every interface.
+            workers: model worker processes (each takes whole batches).
+            max_batch_size: requests arriving together are predicted as one batch of up to this many.
+            batch_timeout: seconds a worker waits to fill a batch.
+            top_k: classes in a classification answer.
+        """
+        try:
+            from vitkit.serve import serve_model
+        except ImportError as err:
+            if err.name not in ("litserve", "fastapi", "uvicorn", "multipart", "python_multipart"):
+                raise
+            raise VitkitError("vitkit serve runs on LitServe: pip install 'vitkit[serve]'.") from err
+
+        load_weights(model, ckpt_path)
+        serve_model(model, port, host, workers, max_batch_size, batch_timeout, top_k)
+
     def explain(
         self,
         model: L.LightningModule,
