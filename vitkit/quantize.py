@@ -5,10 +5,11 @@ norms, softmax and the calibration temperature stay float, so the exported graph
 
 from __future__ import annotations
 
+import json
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -76,17 +77,46 @@ class _BatchReader:
         return None if batch is None else {self.input_name: np.ascontiguousarray(batch, dtype=np.float32)}
 
 
-def calibration_batches(datamodule: object, images: int = 256) -> Iterator[np.ndarray]:
-    """Up to ``images`` training images, as the model sees them at evaluation (no augmentation), in batches."""
-    datamodule.setup("predict")  # eval transforms
-    loader = datamodule.calibration_dataloader() if hasattr(datamodule, "calibration_dataloader") else None
-    if loader is None:
-        datamodule.setup("fit")
-        loader = datamodule.val_dataloader()
-    seen = 0
-    for batch in loader:
-        x = batch[0] if isinstance(batch, (list, tuple)) else batch
-        yield x.numpy()
-        seen += len(x)
-        if seen >= images:
-            return
+def calibration_batches(
+    datamodule: Any, data_config: dict, images: int = 256, batch_size: int = 32
+) -> list[np.ndarray]:
+    """Up to ``images`` training images (an even spread of the split), transformed as at evaluation, in batches."""
+    from timm.data import create_transform
+
+    from vitkit.data.images import load_image
+
+    samples = datamodule.samples("train") if datamodule is not None and hasattr(datamodule, "samples") else None
+    if not samples:
+        raise VitkitError("--quantization static calibrates on the training images: give the data (--data.root DIR), "
+                          "or use --quantization dynamic.")  # fmt: skip
+    chosen = samples[:: max(1, len(samples) // images)][:images]
+    transform = create_transform(**data_config, is_training=False)
+    arrays = np.stack([transform(load_image(sample[0])).numpy() for sample in chosen])
+    return [arrays[i : i + batch_size] for i in range(0, len(arrays), batch_size)]
+
+
+def export_int8(
+    model: Any,
+    output: str | Path,
+    method: Literal["dynamic", "static"] = "dynamic",
+    datamodule: Any = None,
+    opset: int | None = None,
+    images: int = 256,
+) -> Path:
+    """Export ``model`` (a :class:`~vitkit.module.TransferModule`) to an INT8 ONNX file and its JSON sidecar (that of
+    :func:`vitkit.export.export_model`, plus ``quantization``); return the file's path. ``static`` calibrates on up to
+    ``images`` training images of ``datamodule``."""
+    from vitkit.export import export_model
+
+    require_onnxruntime()
+    output = Path(output)
+    calibration = calibration_batches(datamodule, model.data_config, images) if method == "static" else None
+    with tempfile.TemporaryDirectory(prefix="vitkit-export-") as tmp:
+        fp32 = export_model(model, Path(tmp) / "model.onnx", "onnx", opset)
+        quantize_onnx(fp32, output, method, calibration)
+        meta = json.loads(fp32.with_name(fp32.name + ".json").read_text())
+    meta["file"] = output.name
+    meta["quantization"] = {"dtype": "int8", "method": method, "operators": QUANTIZED_OPS,
+                            "calibration_images": sum(map(len, calibration)) if calibration else 0}  # fmt: skip
+    output.with_name(output.name + ".json").write_text(json.dumps(meta, indent=2) + "\n")
+    return output

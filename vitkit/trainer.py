@@ -268,22 +268,35 @@ class VitkitTrainer(L.Trainer):
         format: Literal["onnx", "torchscript"] = "onnx",
         output: str | None = None,
         opset: int | None = None,
+        quantize: Literal["int8"] | None = None,
+        quantization: Literal["dynamic", "static"] = "dynamic",
     ) -> Path:
         """Export a trained model to ONNX or TorchScript, with a JSON sidecar (classes, input size, mean/std, task).
 
         Args:
             model: the model, rebuilt from the checkpoint's config.
             ckpt_path: the trained checkpoint.
-            datamodule: not used.
+            datamodule: the training images static quantization calibrates on.
             format: ``onnx`` (needs the ``export`` extra) or ``torchscript``.
             output: the model file; default: next to the checkpoint, its name with ``.onnx`` / ``.pt``.
             opset: ONNX opset version (torch's default if not given).
+            quantize: ``int8``: an INT8 ONNX model (onnxruntime's quantization of the matrix products); default file
+                ``<checkpoint>.int8.onnx``.
+            quantization: ``dynamic`` (no data) or ``static`` (calibrated on 256 of the data's training images).
         """
         from vitkit.export import FORMATS, export_model
 
         load_weights(model, ckpt_path)
-        target = Path(output) if output else Path(ckpt_path).with_suffix(FORMATS.get(format, ""))
-        written = export_model(model, target, format, opset)
+        suffix = (".int8" if quantize else "") + FORMATS.get(format, "")
+        target = Path(output) if output else Path(ckpt_path).with_suffix(suffix)
+        if quantize and format != "onnx":
+            raise VitkitError(f"--quantize {quantize} makes an ONNX model: use it with --format onnx.")
+        if quantize:
+            from vitkit.quantize import export_int8
+
+            written = export_int8(model, target, quantization, datamodule, opset)
+        else:
+            written = export_model(model, target, format, opset)
         print(f"exported {format} model to {written} (metadata: {written}.json)")
         return written
 

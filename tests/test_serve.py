@@ -1,0 +1,146 @@
+"""vitkit serve, for real: the server runs as a process on a loopback port; every request is bounded in time."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import io
+import os
+import signal
+import socket
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from tests.helpers import REPO, VITKIT, vitkit
+
+pytest.importorskip("litserve")
+httpx = pytest.importorskip("httpx")
+pytestmark = pytest.mark.slow
+
+TIMEOUT = 60  # seconds per request: a CPU shared with other work is slow, a hung server is not
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(trained_checkpoint, tmp_path_factory):
+    """``vitkit serve`` on a free loopback port, batching up to 4 requests; its base URL."""
+    port = free_port()
+    log = (tmp_path_factory.mktemp("serve") / "serve.log").open("w")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "offline"}
+    command = [VITKIT, "serve", "--ckpt_path", str(trained_checkpoint), "--port", str(port), "--max_batch_size", "4"]
+    process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                               cwd=tmp_path_factory.mktemp("serve-cwd"))  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 180
+    try:
+        while True:
+            assert process.poll() is None, Path(log.name).read_text()
+            try:
+                if httpx.get(f"{url}/health", timeout=5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "the server did not start in 180 s:\n" + Path(log.name).read_text()
+            time.sleep(1)
+        yield url
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        log.close()
+
+
+def image_file(shapes_root: Path) -> Path:
+    return sorted((shapes_root / "square").iterdir())[0]
+
+
+def test_predict_gives_the_calibrated_scores_vitkit_predict_gives(server, trained_checkpoint, shapes_root, tmp_path):
+    path = image_file(shapes_root)
+    answer = httpx.post(f"{server}/predict", files={"image": path.read_bytes()}, timeout=TIMEOUT)
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["task"] == "classification" and len(body["top_k"]) == 4
+    (tmp_path / "one").mkdir()
+    (tmp_path / "one" / path.name).write_bytes(path.read_bytes())
+    vitkit("predict", "--ckpt_path", trained_checkpoint, "--data.predict_root", tmp_path / "one",
+           "--output", tmp_path / "p.csv")  # fmt: skip
+    (row,) = csv.DictReader((tmp_path / "p.csv").open())
+    for rank, item in enumerate(body["top_k"], start=1):
+        assert item["label"] == row[f"top{rank}"] and abs(item["score"] - float(row[f"top{rank}_score"])) < 2e-6
+
+
+def test_base64_json_and_multipart_give_the_same_answer(server, shapes_root):
+    data = image_file(shapes_root).read_bytes()
+    form = httpx.post(f"{server}/predict", files={"image": data}, timeout=TIMEOUT).json()
+    encoded = httpx.post(f"{server}/predict", json={"image": base64.b64encode(data).decode()}, timeout=TIMEOUT)
+    assert encoded.status_code == 200 and encoded.json() == form
+
+
+def test_explain_adds_an_attention_overlay(server, shapes_root):
+    data = image_file(shapes_root).read_bytes()
+    body = httpx.post(f"{server}/predict?explain=1", files={"image": data}, timeout=TIMEOUT).json()
+    overlay = Image.open(io.BytesIO(base64.b64decode(body["attention_png"])))
+    assert overlay.format == "PNG" and min(overlay.size) >= 32
+    assert "attention_png" not in httpx.post(f"{server}/predict", files={"image": data}, timeout=TIMEOUT).json()
+
+
+def jpeg_bytes(size: tuple[int, int]) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, (200, 40, 40)).save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+def fifty_megapixels() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("L", (7072, 7072)).save(buffer, format="PNG")  # a few hundred KB of zeros, 50 million pixels
+    return buffer.getvalue()
+
+
+BAD = {
+    "not an image": (lambda: {"files": {"image": b"%PDF-1.4 not an image"}}, 400, "not an image"),
+    "empty body": (lambda: {"content": b"", "headers": {"content-type": "application/json"}}, 400, "empty"),
+    "50 megapixels": (lambda: {"files": {"image": fifty_megapixels()}}, 413, "megapixels"),
+    "wrong content type": (lambda: {"content": b"hello", "headers": {"content-type": "text/plain"}}, 415, "type"),
+    "truncated jpeg": (lambda: {"files": {"image": jpeg_bytes((300, 200))[:-400]}}, 400, "decoded"),
+    "bad json": (lambda: {"content": b"{not json", "headers": {"content-type": "application/json"}}, 400, "JSON"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_input_is_a_4xx_with_one_line_and_the_server_keeps_serving(server, shapes_root, case):
+    make, status, reason = BAD[case]
+    answer = httpx.post(f"{server}/predict", timeout=TIMEOUT, **make())
+    assert answer.status_code == status, answer.text
+    detail = answer.json()["detail"]
+    assert reason in detail and "\n" not in detail
+    good = httpx.post(f"{server}/predict", files={"image": image_file(shapes_root).read_bytes()}, timeout=TIMEOUT)
+    assert good.status_code == 200
+
+
+def test_concurrent_clients_are_all_answered(server, shapes_root):
+    images = [p.read_bytes() for p in sorted((shapes_root / "circle").iterdir())[:16]]
+
+    def ask(data: bytes) -> int:
+        return httpx.post(f"{server}/predict", files={"image": data}, timeout=TIMEOUT).status_code
+
+    with ThreadPoolExecutor(8) as pool:
+        assert list(pool.map(ask, images)) == [200] * 16
+
+
+def test_the_page_is_served_with_its_upload_form(server):
+    page = httpx.get(f"{server}/", timeout=TIMEOUT)
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert 'type="file"' in page.text and "/predict" in page.text
