@@ -74,9 +74,11 @@ def labelled(root: Path, config: dict) -> tuple[np.ndarray, np.ndarray]:
 def measure(name: str, model: TransferModule, folder: Path, images: np.ndarray, labels: np.ndarray | None,
             calibration: list[np.ndarray], repeats: tuple[int, int]) -> list[dict]:  # fmt: skip
     fp32 = export_model(model, folder / f"{name}.onnx", "onnx")
-    files = {"onnx fp32": fp32,
-             "onnx int8 dynamic": quantize_onnx(fp32, folder / f"{name}.dynamic.onnx", "dynamic"),
-             "onnx int8 static": quantize_onnx(fp32, folder / f"{name}.static.onnx", "static", calibration)}  # fmt: skip
+    files = {
+        "onnx fp32": fp32,
+        "onnx int8 dynamic": quantize_onnx(fp32, folder / f"{name}.dynamic.onnx", "dynamic"),
+        "onnx int8 static": quantize_onnx(fp32, folder / f"{name}.static.onnx", "static", calibration),
+    }
     runners = {"pytorch eager": lambda x: model.task.predict(model(torch.from_numpy(x))).numpy()}
     for label, path in files.items():
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -121,7 +123,7 @@ def main() -> None:
         big = torch.nn.functional.interpolate(torch.from_numpy(images[:64]), size=224, mode="bilinear").numpy()
         big_train = torch.nn.functional.interpolate(torch.from_numpy(train_images[:64]), size=224, mode="bilinear")
         rows += measure(
-            "vit_small_patch16_224", vit_s, root, big, None, [big_train[:32].numpy(), big_train[32:].numpy()], (10, 3)
+            "vit_small_patch16_224", vit_s, root, big, None, [big_train[:32].numpy(), big_train[32:].numpy()], (5, 2)
         )
     print(f"\n{'model':24} {'runtime':20} {'img/s b1':>9} {'img/s b32':>10} {'agree':>6} {'acc':>6} {'MB':>6}")
     for r in rows:
