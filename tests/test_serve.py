@@ -144,3 +144,80 @@ def test_the_page_is_served_with_its_upload_form(server):
     page = httpx.get(f"{server}/", timeout=TIMEOUT)
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     assert 'type="file"' in page.text and "/predict" in page.text
+
+
+class Browser:
+    """Headless chromium driven over the DevTools protocol (one page)."""
+
+    def __init__(self, profile: Path) -> None:
+        import shutil
+
+        from websockets.sync.client import connect
+
+        binary = shutil.which("chromium") or shutil.which("chromium-browser")
+        if binary is None:
+            pytest.skip("no chromium to drive the page")
+        self.process = subprocess.Popen([binary, "--headless=new", "--no-sandbox", "--disable-gpu",
+                                         "--remote-debugging-port=0", f"--user-data-dir={profile}", "about:blank"],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                        start_new_session=True)  # fmt: skip
+        deadline = time.monotonic() + 60
+        for line in self.process.stderr:
+            if "DevTools listening on" in line or time.monotonic() > deadline:
+                break
+        port = int(line.split("ws://127.0.0.1:")[1].split("/")[0])
+        (page,) = [t for t in httpx.get(f"http://127.0.0.1:{port}/json", timeout=10).json() if t["type"] == "page"]
+        self.socket, self.next_id = connect(page["webSocketDebuggerUrl"], max_size=None), 0
+
+    def call(self, method: str, **params: object) -> dict:
+        import json
+
+        self.next_id += 1
+        self.socket.send(json.dumps({"id": self.next_id, "method": method, "params": params}))
+        while True:
+            message = json.loads(self.socket.recv(timeout=TIMEOUT))
+            if message.get("id") == self.next_id:
+                assert "error" not in message, message
+                return message["result"]
+
+    def evaluate(self, expression: str) -> object:
+        return self.call("Runtime.evaluate", expression=expression, returnByValue=True)["result"].get("value")
+
+    def wait_for(self, expression: str, seconds: float = TIMEOUT) -> object:
+        deadline = time.monotonic() + seconds
+        while not (value := self.evaluate(expression)):
+            assert time.monotonic() < deadline, f"timed out waiting for {expression}"
+            time.sleep(0.2)
+        return value
+
+    def upload(self, url: str, path: Path) -> None:
+        self.call("Page.navigate", url=url)
+        self.wait_for("document.readyState === 'complete' && !!document.getElementById('image')")
+        self.evaluate("document.getElementById('result').textContent = ''; delete document.body.dataset.done")
+        node = self.call("DOM.querySelector", nodeId=self.call("DOM.getDocument")["root"]["nodeId"], selector="#image")
+        self.call("DOM.setFileInputFiles", files=[str(path)], nodeId=node["nodeId"])
+        self.evaluate("document.getElementById('submit').click()")
+
+    def close(self) -> None:
+        self.socket.close()
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+
+
+def test_the_page_in_a_headless_browser_shows_the_prediction_and_the_attention_map(server, shapes_root, tmp_path):
+    pytest.importorskip("websockets")
+    browser = Browser(tmp_path / "profile")
+    try:
+        browser.upload(f"{server}/", image_file(shapes_root))
+        browser.wait_for("document.body.dataset.done === '1'")
+        text = browser.evaluate("document.getElementById('result').textContent")
+        assert all(name in text for name in ("circle", "cross", "square", "triangle")), text
+        assert browser.wait_for("document.getElementById('attention').complete && "
+                                "document.getElementById('attention').naturalWidth") >= 32  # fmt: skip
+        (tmp_path / "notes.txt").write_text("not an image")
+        browser.upload(f"{server}/", tmp_path / "notes.txt")
+        error = browser.wait_for("document.getElementById('result').className === 'error' && "
+                                 "document.getElementById('result').textContent")  # fmt: skip
+        assert "not an image" in error
+    finally:
+        browser.close()
