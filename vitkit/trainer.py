@@ -297,7 +297,7 @@ class VitkitTrainer(L.Trainer):
             written = export_int8(model, target, quantization, datamodule, opset)
         else:
             written = export_model(model, target, format, opset)
-        print(f"exported {format} model to {written} (metadata: {written}.json)")
+        print(f"exported {format}{f' {quantize}' if quantize else ''} model to {written} (metadata: {written}.json)")
         return written
 
     def publish(
