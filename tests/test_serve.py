@@ -14,15 +14,42 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
 from tests.helpers import REPO, VITKIT, vitkit
+from vitkit.tasks import MultiLabel, Regression
 
 pytest.importorskip("litserve")
 httpx = pytest.importorskip("httpx")
-pytestmark = pytest.mark.slow
 
 TIMEOUT = 60  # seconds per request: a CPU shared with other work is slow, a hung server is not
+
+
+def test_answers_are_labels_over_their_thresholds_or_values_in_their_units():
+    from vitkit.serve import describe
+
+    labels = MultiLabel()
+    labels.bind(3, ["cat", "dog", "owl"])
+    labels.thresholds.copy_(torch.tensor([0.5, 0.9, 0.2]))
+    answer = describe(labels, torch.tensor([0.6, 0.8, 0.3]))
+    assert answer["labels"] == ["cat", "owl"] and answer["scores"]["dog"] == pytest.approx(0.8)
+    values = Regression()
+    values.bind(2, ["age", "height"], {"mean": [40.0, 170.0], "std": [10.0, 5.0]})
+    assert describe(values, torch.tensor([41.5, 180.0])) == {
+        "task": "regression",
+        "values": {"age": 41.5, "height": 180.0},
+    }
+
+
+def test_a_decompression_bomb_is_refused_as_too_large():
+    from vitkit.serve_gate import BadRequest, checked_image
+
+    buffer = io.BytesIO()
+    Image.new("1", (14000, 14000)).save(buffer, format="PNG")  # 196 megapixels: PIL refuses to even open it
+    with pytest.raises(BadRequest, match="megapixel") as err:
+        checked_image(buffer.getvalue())
+    assert err.value.status == 413
 
 
 def free_port() -> int:
@@ -67,6 +94,7 @@ def image_file(shapes_root: Path) -> Path:
     return sorted((shapes_root / "square").iterdir())[0]
 
 
+@pytest.mark.slow
 def test_predict_gives_the_calibrated_scores_vitkit_predict_gives(server, trained_checkpoint, shapes_root, tmp_path):
     path = image_file(shapes_root)
     answer = httpx.post(f"{server}/predict", files={"image": path.read_bytes()}, timeout=TIMEOUT)
@@ -82,6 +110,7 @@ def test_predict_gives_the_calibrated_scores_vitkit_predict_gives(server, traine
         assert item["label"] == row[f"top{rank}"] and abs(item["score"] - float(row[f"top{rank}_score"])) < 2e-6
 
 
+@pytest.mark.slow
 def test_base64_json_and_multipart_give_the_same_answer(server, shapes_root):
     data = image_file(shapes_root).read_bytes()
     form = httpx.post(f"{server}/predict", files={"image": data}, timeout=TIMEOUT).json()
@@ -89,6 +118,7 @@ def test_base64_json_and_multipart_give_the_same_answer(server, shapes_root):
     assert encoded.status_code == 200 and encoded.json() == form
 
 
+@pytest.mark.slow
 def test_explain_adds_an_attention_overlay(server, shapes_root):
     data = image_file(shapes_root).read_bytes()
     body = httpx.post(f"{server}/predict?explain=1", files={"image": data}, timeout=TIMEOUT).json()
@@ -119,6 +149,7 @@ BAD = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", list(BAD))
 def test_bad_input_is_a_4xx_with_one_line_and_the_server_keeps_serving(server, shapes_root, case):
     make, status, reason = BAD[case]
@@ -130,6 +161,7 @@ def test_bad_input_is_a_4xx_with_one_line_and_the_server_keeps_serving(server, s
     assert good.status_code == 200
 
 
+@pytest.mark.slow
 def test_concurrent_clients_are_all_answered(server, shapes_root):
     images = [p.read_bytes() for p in sorted((shapes_root / "circle").iterdir())[:16]]
 
@@ -140,6 +172,7 @@ def test_concurrent_clients_are_all_answered(server, shapes_root):
         assert list(pool.map(ask, images)) == [200] * 16
 
 
+@pytest.mark.slow
 def test_the_page_is_served_with_its_upload_form(server):
     page = httpx.get(f"{server}/", timeout=TIMEOUT)
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
@@ -204,6 +237,7 @@ class Browser:
         self.process.wait()
 
 
+@pytest.mark.slow
 def test_the_page_in_a_headless_browser_shows_the_prediction_and_the_attention_map(server, shapes_root, tmp_path):
     pytest.importorskip("websockets")
     browser = Browser(tmp_path / "profile")

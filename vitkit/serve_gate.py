@@ -47,6 +47,10 @@ def checked_image(data: bytes, max_pixels: int = MAX_PIXELS) -> Image.Image:
     try:
         with Image.open(io.BytesIO(data)) as probe:
             width, height = probe.size
+    except Image.DecompressionBombError:
+        raise BadRequest(
+            413, f"the image is far over the {max_pixels / 1e6:.0f} megapixel limit: send it resized."
+        ) from None
     except Exception as err:
         raise BadRequest(
             400, f"not an image ({type(err).__name__}): send a JPEG, PNG, WebP, BMP, TIFF or GIF file."
