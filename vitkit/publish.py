@@ -29,6 +29,10 @@ READ_OUT = {
 }
 
 
+#: The same, as code applied to the output.
+READ_OUT_CODE = {"classification": ".softmax(-1)", "multilabel": ".sigmoid()", "regression": ""}
+
+
 def final_linear(head: nn.Module) -> nn.Linear:
     """The head's one linear layer; an error when the head has hidden layers (timm's classifier is one layer)."""
     passive = (nn.Sequential, nn.Dropout, nn.Identity)
@@ -128,7 +132,7 @@ def model_card(model: nn.Module, config: dict[str, Any], ckpt_path: str | Path |
              'model = timm.create_model("hf-hub:USER/NAME", pretrained=True).eval()  # or "local-dir:THIS_FOLDER"',
              "config = timm.data.resolve_data_config({}, model=model)",
              "transform = timm.data.create_transform(**config)",
-             "probabilities = model(transform(image).unsqueeze(0)).softmax(-1)", "```", "",
+             f"outputs = model(transform(image).unsqueeze(0)){READ_OUT_CODE[task]}", "```", "",
              f"Input: {config['pretrained_cfg']['input_size']} RGB, mean {config['pretrained_cfg']['mean']}, std "
              f"{config['pretrained_cfg']['std']}, crop_pct {config['pretrained_cfg'].get('crop_pct')}.", "",
              "## Labels", "", ", ".join(f"`{n}`" for n in names), ""]  # fmt: skip
