@@ -5,7 +5,8 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 SRC    := $(wildcard vitkit tests scripts benchmarks)
 
-.PHONY: install demo test test-fast lint format bench bench-finetune bench-scale bench-imbalance bench-pretrain clean
+.PHONY: install demo test test-fast lint format bench bench-finetune bench-scale bench-imbalance bench-pretrain \
+	bench-export bench-serve clean
 
 install: $(STAMP)
 
@@ -46,6 +47,12 @@ bench-imbalance: install
 
 bench-pretrain: install
 	$(BIN)/python benchmarks/bench_pretrain.py
+
+bench-export: install
+	$(BIN)/python benchmarks/bench_export.py
+
+bench-serve: install
+	WANDB_MODE=offline $(BIN)/python benchmarks/bench_serve.py
 
 clean:
 	rm -rf $(VENV) runs demo_data .pytest_cache .ruff_cache *.egg-info

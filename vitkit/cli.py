@@ -39,7 +39,7 @@ from vitkit.writers import CSVPredictionWriter
 #: Where runs go when neither the recipe nor the command line sets ``--trainer.default_root_dir``.
 DEFAULT_ROOT = "runs"
 #: Commands that only use a trained model: nothing to log.
-_USE_MODEL = ("predict", "embed", "export", "explain", "report")
+_USE_MODEL = ("predict", "embed", "export", "explain", "report", "publish", "serve")
 _LINKED = ("num_outputs", "class_names", "label_stats")
 
 
@@ -138,6 +138,8 @@ class VitkitCLI(LightningCLI):
             "explain": {"model", "datamodule"},
             "tune": {"model", "datamodule"},
             "report": {"model", "datamodule"},
+            "publish": {"model", "datamodule"},
+            "serve": {"model", "datamodule"},
         }
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:

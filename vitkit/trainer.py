@@ -268,24 +268,102 @@ class VitkitTrainer(L.Trainer):
         format: Literal["onnx", "torchscript"] = "onnx",
         output: str | None = None,
         opset: int | None = None,
+        quantize: Literal["int8"] | None = None,
+        quantization: Literal["dynamic", "static"] = "dynamic",
     ) -> Path:
         """Export a trained model to ONNX or TorchScript, with a JSON sidecar (classes, input size, mean/std, task).
 
         Args:
             model: the model, rebuilt from the checkpoint's config.
             ckpt_path: the trained checkpoint.
-            datamodule: not used.
+            datamodule: the training images static quantization calibrates on.
             format: ``onnx`` (needs the ``export`` extra) or ``torchscript``.
             output: the model file; default: next to the checkpoint, its name with ``.onnx`` / ``.pt``.
             opset: ONNX opset version (torch's default if not given).
+            quantize: ``int8``: an INT8 ONNX model (onnxruntime's quantization of the matrix products); default file
+                ``<checkpoint>.int8.onnx``.
+            quantization: ``dynamic`` (no data) or ``static`` (calibrated on 256 of the data's training images).
         """
         from vitkit.export import FORMATS, export_model
 
         load_weights(model, ckpt_path)
-        target = Path(output) if output else Path(ckpt_path).with_suffix(FORMATS.get(format, ""))
-        written = export_model(model, target, format, opset)
-        print(f"exported {format} model to {written} (metadata: {written}.json)")
+        suffix = (".int8" if quantize else "") + FORMATS.get(format, "")
+        target = Path(output) if output else Path(ckpt_path).with_suffix(suffix)
+        if quantize and format != "onnx":
+            raise VitkitError(f"--quantize {quantize} makes an ONNX model: use it with --format onnx.")
+        if quantize:
+            from vitkit.quantize import export_int8
+
+            written = export_int8(model, target, quantization, datamodule, opset)
+        else:
+            written = export_model(model, target, format, opset)
+        print(f"exported {format}{f' {quantize}' if quantize else ''} model to {written} (metadata: {written}.json)")
         return written
+
+    def publish(
+        self,
+        model: L.LightningModule,
+        ckpt_path: str,
+        output: str,
+        datamodule: L.LightningDataModule | None = None,
+        push_to: str | None = None,
+    ) -> Path:
+        """Write a trained model in timm's hub layout (config.json, model.safetensors, a README.md model card).
+
+        ``timm.create_model("local-dir:OUTPUT", pretrained=True)`` loads it without vitkit; its logits are the
+        calibrated ones (softmax / sigmoid of them is what ``vitkit predict`` writes). The head must be linear.
+
+        Args:
+            model: the model, rebuilt from the checkpoint's config.
+            ckpt_path: the trained checkpoint.
+            output: the folder to write.
+            datamodule: not used.
+            push_to: also upload the folder to this Hugging Face hub repo (``user/name``).
+        """
+        from vitkit.publish import publish_model, push_folder
+
+        load_weights(model, ckpt_path)
+        folder = publish_model(model, output, ckpt_path)
+        print(f"published the model in timm's hub layout to {_shown(folder)} (config.json, model.safetensors, README)")
+        if push_to:
+            print(f"uploaded to {push_folder(folder, push_to)}")
+        return folder
+
+    def serve(
+        self,
+        model: L.LightningModule,
+        ckpt_path: str,
+        datamodule: L.LightningDataModule | None = None,
+        port: int = 8000,
+        host: str = "127.0.0.1",
+        workers: int = 1,
+        max_batch_size: int = 8,
+        batch_timeout: float = 0.01,
+        top_k: int = 5,
+    ) -> None:
+        """Serve a trained model over HTTP (LitServe, the ``serve`` extra): ``POST /predict`` with an image gives the
+        calibrated prediction (``?explain=1`` adds the attention map); ``GET /`` is a page to try it.
+
+        Args:
+            model: the model, rebuilt from the checkpoint's config.
+            ckpt_path: the trained checkpoint.
+            datamodule: not used.
+            port: the TCP port.
+            host: the address to listen on; ``127.0.0.1`` is this machine only, ``0.0.0.0`` every interface.
+            workers: model worker processes (each takes whole batches).
+            max_batch_size: requests arriving together are predicted as one batch of up to this many.
+            batch_timeout: seconds a worker waits to fill a batch.
+            top_k: classes in a classification answer.
+        """
+        try:
+            from vitkit.serve import serve_model
+        except ImportError as err:
+            if err.name not in ("litserve", "fastapi", "uvicorn", "multipart", "python_multipart"):
+                raise
+            raise VitkitError("vitkit serve runs on LitServe: pip install 'vitkit[serve]'.") from err
+
+        load_weights(model, ckpt_path)
+        serve_model(model, port, host, workers, max_batch_size, batch_timeout, top_k)
 
     def explain(
         self,
