@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 SRC    := $(wildcard vitkit tests scripts benchmarks)
 
 .PHONY: install demo test test-fast lint format bench bench-finetune bench-scale bench-imbalance bench-pretrain \
-	bench-export bench-serve clean
+	bench-export bench-serve bench-quality clean
 
 install: $(STAMP)
 
@@ -53,6 +53,11 @@ bench-export: install
 
 bench-serve: install
 	WANDB_MODE=offline $(BIN)/python benchmarks/bench_serve.py
+
+# vitkit's shipped recipes vs a plain timm loop on crops of real photographs (scikit-image's sample photos), 3 seeds.
+bench-quality: install
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[bench]"
+	WANDB_MODE=offline $(BIN)/python benchmarks/quality/run.py
 
 clean:
 	rm -rf $(VENV) runs demo_data .pytest_cache .ruff_cache *.egg-info

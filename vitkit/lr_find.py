@@ -122,10 +122,10 @@ def find_lr(
 
 
 def valley(lrs: list[float], losses: list[float]) -> float | None:
-    """fastai's ``valley`` rule: the LR a bit past the start of the longest run over which the loss keeps falling.
+    """fastai's ``valley`` rule: the LR in the middle of the longest run over which the loss keeps falling.
 
     The longest decreasing subsequence of the (smoothed) loss spans the "valley" from the first steps that learn
-    to the minimum; the suggestion lies 1/3 + 1/6 of the way along it (fastai's ``lr_find(suggest_funcs=valley)``).
+    to the minimum; the suggestion lies 1/3 + 1/6 of the way along it, as in fastai's ``lr_find(suggest_funcs=valley)``.
     A slope rule (steepest descent) picks whatever the first steps' noise makes steep: on real photographs it
     suggested 5.9e-07, where the loss fell steadily from 1e-5 to 1e-3 (benchmarks/RESULTS.md, "quality").
     ``None`` with fewer than 3 finite points."""

@@ -86,6 +86,26 @@ def plain(task: str, path: Path, flags: list[str], epochs: int, seed: int, work:
     return {"score": json.loads(out.strip().splitlines()[-1])[metric], "seconds": seconds}
 
 
+#: The LR grid the finder's suggestion is compared with (the recipe's 1e-3 in the middle).
+LR_GRID = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
+
+
+def lr_row(path: Path, epochs: int, seed: int, work: Path) -> list[dict]:
+    """``vitkit tune --mode lr`` on the classes task, then a fit at its suggestion and at each LR of the grid."""
+    root = work / "runs" / f"lr-tune-seed{seed}"
+    shutil.rmtree(root, ignore_errors=True)
+    _, _, _, extra = TASKS["classes"]
+    run([VITKIT, "tune", "--config", "quickstart", "--data.root", str(path), "--mode", "lr", "--seed_everything",
+         str(seed), "--trainer.logger", "false", "--trainer.default_root_dir", str(root), *extra], work)  # fmt: skip
+    suggestion = json.loads((root / "version_0" / "lr_find.json").read_text())["suggestion"]
+    rows = []
+    for name, lr in (("suggestion", suggestion), *((f"grid {lr:g}", lr) for lr in LR_GRID)):
+        score = vitkit("classes", path, ["--model.optimizer.init_args.lr", f"{lr:.2e}", "--report", "false"],
+                       epochs, seed, work)  # fmt: skip
+        rows.append({"task": "lr", "variant": name, "who": "vitkit", "lr": lr, **score})
+    return rows
+
+
 def table(rows: list[dict]) -> str:
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
@@ -93,7 +113,7 @@ def table(rows: list[dict]) -> str:
     lines = ["| task | variant | metric (test) | vitkit | plain loop | ratio | seeds | vitkit s | plain s |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
     for (task, variant, who), runs in groups.items():
-        if who != "vitkit":
+        if who != "vitkit" or task == "lr":
             continue
         ours = [r["score"] for r in runs]
         base = [r["score"] for r in groups.get((task, variant, "plain"), [])]
@@ -108,6 +128,15 @@ def table(rows: list[dict]) -> str:
                 statistics.mean(r["seconds"] for r in groups.get((task, variant, "plain"), runs)))  # fmt: skip
         lines.append(f"| {task} | {variant} | {TASKS[task][0]} | {fmt(ours)} | {fmt(base)} | {ratio} | {len(ours)} "
                      f"| {secs[0]:.0f} | {secs[1]:.0f} |")  # fmt: skip
+    lr = [r for r in rows if r["task"] == "lr"]
+    if lr:
+        best = max((r for r in lr if r["variant"] != "suggestion"), key=lambda r: r["score"])
+        for r in (r for r in lr if r["variant"] == "suggestion"):
+            lines += [
+                "",
+                f"LR finder (classes, seed {r['seed']}): suggested {r['lr']:.1e} -> acc {r['score']:.3f}; "
+                f"best of the grid {best['lr']:g} -> {best['score']:.3f} (gap {best['score'] - r['score']:+.3f})",
+            ]
     ece = [r for r in rows if "ece_after" in r]
     if ece:
         lines += ["", "Held-out calibration (test split; temperature fitted on val), mean over runs: "
@@ -120,7 +149,7 @@ def table(rows: list[dict]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
+    parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=[*TASKS, "lr"])
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/quality"))
     args = parser.parse_args()
@@ -131,7 +160,14 @@ def main() -> None:
     rows = [json.loads(line) for line in results.read_text().splitlines()] if results.is_file() else []
     done = {(r["task"], r["variant"], r["who"], r["seed"], r["epochs"]) for r in rows}
     for seed in args.seeds:
-        for task in args.tasks:
+        if "lr" in args.tasks and ("lr", "suggestion", "vitkit", seed, args.epochs) not in done:
+            for row in lr_row(data["classes"], args.epochs, seed, args.out):
+                row.update(seed=seed, epochs=args.epochs)
+                print(json.dumps(row), flush=True)
+                with results.open("a") as f:
+                    f.write(json.dumps(row) + "\n")
+                rows.append(row)
+        for task in (t for t in args.tasks if t in TASKS):
             for variant, ours, theirs in VARIANTS.get(task, [("default", [], [])]):
                 for who, fn, flags in (("vitkit", vitkit, ours), ("plain", plain, theirs)):
                     key = (task, variant, who, seed, args.epochs)
