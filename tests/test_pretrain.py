@@ -61,12 +61,27 @@ def test_mae_masks_mask_ratio_of_the_patches_and_keeps_the_class_token():
 
 
 def test_mae_loss_only_scores_the_masked_patches():
+    """Replace the masked patches' pixels by the model's own predictions of them (which the encoder, seeing only
+    the visible patches, does not change): the loss falls to 0, as it would not if visible patches counted."""
+    from lightly.models.utils import patchify, unpatchify
+
     mae = small_mae().eval()
     images = torch.randn(2, 3, 32, 32)
+    predicted = []
+    mae.prediction_head.register_forward_hook(lambda module, args, out: predicted.append(out.detach()))
+    torch.manual_seed(1)
     loss = mae.reconstruction_loss(images)
     loss.backward()
-    assert loss.ndim == 0 and loss > 0
+    assert loss.ndim == 0 and loss > 0.5  # MSE of random predictions of unit-variance pixels
     assert mae.backbone.model.blocks[0].attn.qkv.weight.grad.abs().sum() > 0  # the encoder learns from it
+    torch.manual_seed(1)
+    _, mask = mae.random_masks(batch_size=2)  # the same masks again
+    patches = patchify(images, mae.patch_size)
+    for i in range(2):
+        patches[i, mask[i] - 1] = predicted[0][i]  # token index - 1 (the class token) is the patch index
+    torch.manual_seed(1)
+    with torch.no_grad():
+        assert float(mae.reconstruction_loss(unpatchify(patches, mae.patch_size))) < 1e-10
 
 
 def test_mae_refuses_a_backbone_that_is_not_a_vit_in_one_line():
