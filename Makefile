@@ -20,7 +20,7 @@ demo: install
 	WANDB_MODE=offline $(BIN)/python scripts/demo.py
 
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=25
 
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from functools import partial
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from vitkit import (
     WeightsError,
 )
 from vitkit.backbone import read_state_dict
-from vitkit.pretrain import knn_accuracy, save_encoder
+from vitkit.pretrain import embedding_spread, knn_accuracy, save_encoder
 
 #: A ViT twice as wide as TINY_VIT (384 features) at 48 px: a teacher whose features and inputs differ.
 SMALL_VIT = {"model_name": "vit_small_patch16_224", "model_kwargs": {"img_size": 48, "patch_size": 8, "depth": 2}}
@@ -60,12 +61,27 @@ def test_mae_masks_mask_ratio_of_the_patches_and_keeps_the_class_token():
 
 
 def test_mae_loss_only_scores_the_masked_patches():
+    """Replace the masked patches' pixels by the model's own predictions of them (which the encoder, seeing only
+    the visible patches, does not change): the loss falls to 0, as it would not if visible patches counted."""
+    from lightly.models.utils import patchify, unpatchify
+
     mae = small_mae().eval()
     images = torch.randn(2, 3, 32, 32)
+    predicted = []
+    mae.prediction_head.register_forward_hook(lambda module, args, out: predicted.append(out.detach()))
+    torch.manual_seed(1)
     loss = mae.reconstruction_loss(images)
     loss.backward()
-    assert loss.ndim == 0 and loss > 0
+    assert loss.ndim == 0 and loss > 0.5  # MSE of random predictions of unit-variance pixels
     assert mae.backbone.model.blocks[0].attn.qkv.weight.grad.abs().sum() > 0  # the encoder learns from it
+    torch.manual_seed(1)
+    _, mask = mae.random_masks(batch_size=2)  # the same masks again
+    patches = patchify(images, mae.patch_size)
+    for i in range(2):
+        patches[i, mask[i] - 1] = predicted[0][i]  # token index - 1 (the class token) is the patch index
+    torch.manual_seed(1)
+    with torch.no_grad():
+        assert float(mae.reconstruction_loss(unpatchify(patches, mae.patch_size))) < 1e-10
 
 
 def test_mae_refuses_a_backbone_that_is_not_a_vit_in_one_line():
@@ -202,11 +218,44 @@ def test_knn_accuracy_does_not_depend_on_the_order_the_images_come_in():
     assert knn_accuracy(features, labels, k=5) == knn_accuracy(features[shuffled], labels[shuffled], k=5)
 
 
-def test_knn_monitor_logs_val_knn_acc_from_a_labelled_folder(tmp_path, shapes_root):
+@pytest.mark.parametrize("method", ["mae", "dino"])
+def test_knn_accuracy_is_well_above_chance_after_a_short_run_and_dino_does_not_collapse(tmp_path, shapes_root, method):
+    """The k-NN monitor (``knn_root``) on shapes with a colour cue: 4 classes, chance 0.25."""
     L.seed_everything(0)
     data = UnlabelledDataModule(shapes_root, knn_root=shapes_root, batch_size=16, num_workers=0)
-    trainer = L.Trainer(max_epochs=1, limit_train_batches=1, accelerator="cpu", logger=False,
+    trainer = L.Trainer(max_epochs=2, limit_train_batches=3, accelerator="cpu", logger=False,
                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)  # fmt: skip
-    trainer.fit(small_mae(), data)
-    assert 0.25 < trainer.callback_metrics["val/knn_acc"] <= 1.0  # 4 classes: above chance from pixels alone
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(METHODS[method](), data)
+    assert 0.45 <= trainer.callback_metrics["val/knn_acc"] <= 1.0
     assert (tmp_path / "checkpoints" / "encoder.safetensors").is_file()
+    assert not [w for w in caught if "collapsed" in str(w.message)]
+    if method == "dino":
+        assert trainer.callback_metrics["train/embedding_spread"] > 0.1
+
+
+def test_embedding_spread_is_about_one_for_spread_out_embeddings_and_zero_for_collapsed_ones():
+    torch.manual_seed(0)
+    assert 0.9 < embedding_spread(torch.randn(256, 64)) < 1.1
+    assert embedding_spread(torch.randn(1, 64) + 1e-4 * torch.randn(256, 64)) < 0.01
+
+
+def test_a_collapsed_dino_is_warned_about_once_in_one_line(tmp_path, shapes_root):
+    L.seed_everything(0)
+    dino = DINO(tiny(dynamic_img_size=True), output_dim=64, hidden_dim=32, bottleneck_dim=16, n_local_views=0,
+                optimizer=partial(torch.optim.SGD, lr=0.0))  # fmt: skip
+    with torch.no_grad():  # the encoder's last norm gives every image the same embedding: collapsed, and stays so
+        dino.backbone.model.norm.weight.zero_()
+        dino.backbone.model.norm.bias.normal_()
+    data = UnlabelledDataModule(shapes_root, knn_root=shapes_root, batch_size=16, num_workers=0)
+    trainer = L.Trainer(max_epochs=2, limit_train_batches=2, accelerator="cpu", logger=False,
+                        enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+                        default_root_dir=tmp_path)  # fmt: skip
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(dino, data)
+    collapsed = [str(w.message) for w in caught if "collapsed" in str(w.message)]
+    assert len(collapsed) == 1 and "\n" not in collapsed[0], collapsed
+    assert collapsed[0].startswith("DINO has collapsed at epoch 0") and "train/embedding_spread 0.000" in collapsed[0]
+    assert trainer.callback_metrics["val/knn_acc"] <= 0.35  # identical embeddings: neighbours by chance

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import signal
@@ -10,6 +11,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import numpy as np
 import optuna
 import pytest
 import torch
@@ -39,7 +41,12 @@ def test_lr_finder_suggests_an_lr_that_trains_where_100x_it_does_not(tmp_path, s
     record = json.loads((run / "lr_find.json").read_text())
     (flag,) = LR_FLAG.findall(tuned.stdout)
     lr = float(flag)
-    assert lr == pytest.approx(record["suggestion"], rel=0.05) and 1e-7 < lr < 1.0
+    assert lr == pytest.approx(record["suggestion"], rel=0.05)
+    # on the falling part of the curve: past the first LRs, below the loss at the start and the LR of the lowest loss
+    lrs, losses = record["lr"], record["loss"]
+    at = min(range(len(lrs)), key=lambda i: abs(math.log(lrs[i] / record["suggestion"])))
+    lowest = min(range(len(lrs)), key=lambda i: losses[i] if math.isfinite(losses[i]) else math.inf)
+    assert 0 < at < lowest and losses[at] < losses[0], (lr, lrs, losses)
     assert (run / "lr_find.png").read_bytes()[:4] == b"\x89PNG" and (run / "config.yaml").is_file()
     for rate in (lr, 100 * lr):
         vitkit("fit", "--config", "quickstart", "--data.root", shapes_root, *TINY, "--trainer.max_epochs", "2",
@@ -92,6 +99,26 @@ def test_sweep_killed_mid_trial_resumes_from_its_database_and_its_best_recipe_fi
     fitted = yaml.safe_load((fitted_run / "config.yaml").read_text())
     assert fitted["model"]["optimizer"]["init_args"]["lr"] == pytest.approx(best_lr)
     assert (fitted_run / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_a_sweep_prunes_trials_below_the_median_once_five_have_finished(tmp_path, shapes_root):
+    """Optuna's MedianPruner judges nothing before 5 trials have finished: 8 trials, so that later ones can be
+    stopped at an epoch where they trail the median of the finished trials (a wide LR range makes some trail)."""
+    (tmp_path / "space.yaml").write_text("model.optimizer.init_args.lr: loguniform 1e-6 1.0\ntrainer.max_epochs: 3\n")
+    swept = vitkit("tune", "--config", "quickstart", "--data.root", shapes_root, *TINY, "--trainer.limit_train_batches",
+                   "2", "--trainer.enable_progress_bar", "false", "--mode", "sweep", "--sweep", "space.yaml",
+                   "--trials", "8", cwd=tmp_path)  # fmt: skip
+    run = tmp_path / "runs" / "quickstart" / "version_0"
+    study = optuna.load_study(study_name="version_0", storage=f"sqlite:///{run / 'study.db'}")
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    pruned = [t for t in study.trials if t.state == optuna.trial.TrialState.PRUNED]
+    assert len(study.trials) == 8 and pruned, [(t.number, t.state, t.intermediate_values) for t in study.trials]
+    assert f"{len(complete)} trials complete, {len(pruned)} pruned" in swept.stdout + swept.stderr
+    for trial in pruned:  # stopped at an epoch where it trailed the median of the earlier trials at that epoch
+        epoch, value = max(trial.intermediate_values.items())
+        assert trial.number >= 5
+        finished = [t.intermediate_values[epoch] for t in complete if t.number < trial.number]
+        assert value < float(np.median(finished)), (trial.number, epoch, value, finished)
 
 
 @pytest.mark.parametrize(

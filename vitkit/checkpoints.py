@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.utilities import rank_zero_info
 
 from vitkit.errors import WeightsError
 
@@ -32,7 +34,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     - Saving writes a hidden temporary file in the checkpoint's own folder, flushes it to disk, then renames it over
       the target: a crash or a kill at any moment leaves either the previous checkpoint or the new one, whole.
       (Lightning's default writes the file in the system temp folder and moves it, which copies, and so can
-      truncate, the target when that folder is on another file system, as ``/tmp`` often is.)
+      truncate, the target when that folder is on another file system, as ``/tmp`` often is.) A kill during the
+      write leaves that temporary file behind; :func:`remove_partial_saves` deletes it when a run starts again.
     - Loading always uses ``weights_only=True``: a checkpoint cannot run code, whoever made it.
 
     Remote paths (``s3://``, ...) keep Lightning's fsspec writer.
@@ -64,6 +67,22 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         return super().load_checkpoint(path, map_location=map_location or (lambda s, _: s), weights_only=True)
 
 
+#: The temporary files of :class:`AtomicCheckpointIO`: ``.NAME.XXXXXXXX.tmp`` (``tempfile.mkstemp``'s random part).
+_PARTIAL = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
+
+
+def remove_partial_saves(folder: str | Path) -> list[Path]:
+    """Delete the temporary files that saves into ``folder`` interrupted by a kill left behind (each as large as a
+    checkpoint, and hidden); return them. Call it only where no save into ``folder`` is under way."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = [path for path in folder.iterdir() if _PARTIAL.match(path.name) and path.is_file()]
+    for path in removed:
+        path.unlink(missing_ok=True)
+    return removed
+
+
 def _umask() -> int:
     """The process's umask (reading it means setting it; set straight back)."""
     mask = os.umask(0o022)
@@ -78,10 +97,22 @@ class RunInfo(L.Callback):
       --ckpt_path C`` evaluates on the data it was trained on;
     - ``data_config``: the timm data config the transforms used (input size, mean/std, interpolation, crop);
     - ``wandb_id``: the W&B run, which ``--ckpt_path`` resuming continues.
+
+    It also removes, as the run starts, what saves interrupted by a kill left in its checkpoint folders
+    (:func:`remove_partial_saves`).
     """
 
     def __init__(self, data: dict[str, Any] | None = None) -> None:
         self.data = data
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        for callback in trainer.checkpoint_callbacks:
+            folder = getattr(callback, "dirpath", None)
+            if folder is not None and "://" not in str(folder):
+                for path in remove_partial_saves(folder):
+                    rank_zero_info(f"removed {path}, a checkpoint save that was interrupted")
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
         from vitkit.callbacks import wandb_loggers_of

@@ -16,6 +16,7 @@ from torchmetrics import MeanMetric
 from vitkit.augment import MixupCutmix
 from vitkit.backbone import Backbone
 from vitkit.calibration import Calibrate
+from vitkit.data.balance import warn_if_corrected_twice
 from vitkit.errors import DataError
 from vitkit.finetune import FineTuning, scaled_optimizer_groups
 from vitkit.heads import HeadFactory, LinearHead
@@ -183,6 +184,8 @@ class TransferModule(L.LightningModule):
                 "classes (folders, labels or target columns), or start a new model from this one's encoder with "
                 "--model.backbone.init_args.weights CHECKPOINT."
             )
+        if stage == "fit":
+            warn_if_corrected_twice(getattr(data, "sampler", None), self.task)
         # here, not configure_model: Lightning's EMA callback warns about sharding for models that override that
         if self.compile and not getattr(self.backbone.model, "_compiled_call_impl", None):
             self.backbone.model.compile()

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import json
 import shutil
+import warnings
 from collections import Counter
 from pathlib import Path
 
+import lightning as L
 import numpy as np
 import pytest
 
+from tests.conftest import TINY_VIT
 from tests.helpers import fit_quickstart, run_folder, vitkit
-from vitkit import ClassFolderDataModule
+from vitkit import Backbone, ClassFolderDataModule, Classification, TransferModule
 from vitkit.data.balance import BalancedSampler, balanced_weights
 from vitkit.data.check import check_data
 from vitkit.errors import DataError
@@ -90,6 +93,28 @@ def test_the_data_module_trains_through_the_balanced_sampler(tmp_path):
     assert data.label_stats == {"class_counts": [24, 2]}
     with pytest.raises(ValueError, match="sampler must be 'none' or 'balanced'"):
         ClassFolderDataModule(root, sampler="oversample")
+
+
+@pytest.mark.parametrize(
+    ("task", "flag"),
+    [(Classification(class_weights="auto"), "class_weights auto"), (Classification(class_weights=[1.0, 2.0]), None)],
+)
+def test_balanced_sampler_with_automatic_class_weights_warns_once_that_it_corrects_twice(tmp_path, task, flag):
+    root = long_tailed_folder(tmp_path / "tail", {"circle": 12, "square": 3})
+    data = ClassFolderDataModule(root, sampler="balanced", batch_size=8, num_workers=0)
+    data.setup("fit")
+    model = TransferModule(Backbone(**TINY_VIT), num_outputs=2, task=task, label_stats=data.label_stats)
+    trainer = L.Trainer(fast_dev_run=2, accelerator="cpu", logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, default_root_dir=tmp_path)  # fmt: skip
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(model, data)
+    twice = [str(w.message) for w in caught if "correct the class imbalance" in str(w.message)]
+    if flag is None:  # weights given by hand are the user's own choice
+        assert twice == []
+    else:
+        assert len(twice) == 1 and "\n" not in twice[0], twice
+        assert f"sampler balanced and --model.task.init_args.{flag}" in twice[0] and "choose one" in twice[0]
 
 
 SMALL = {"input_size": (3, 16, 16), "mean": (0.5,) * 3, "std": (0.5,) * 3, "interpolation": "bilinear",

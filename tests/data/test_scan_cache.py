@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -140,3 +141,26 @@ def test_cache_keeps_whole_dataset_results(cache):
         store.store_dataset("fingerprint-1", {"train/7": "OSError: broken"})
     with ScanCache() as store:
         assert store.dataset("fingerprint-1") == {"train/7": "OSError: broken"}
+
+
+def remembered(cache: Path) -> set[str]:
+    """The file paths the scan cache holds."""
+    with sqlite3.connect(cache / "scan.sqlite") as db:
+        return {path for (path,) in db.execute("SELECT path FROM files")}
+
+
+def test_deleted_files_are_forgotten_by_the_next_scan_of_their_folder(folder, cache, tmp_path):
+    other = tmp_path / "data" / "cat_other"  # a sibling folder whose name starts like "cat": not scanned, kept
+    other.mkdir()
+    Image.new("RGB", (9, 9)).save(other / "0.jpg")
+    scan_images(sorted(folder.rglob("*.jpg")))
+    assert len(remembered(cache)) == 7
+    gone, kept = folder / "cat" / "1.jpg", folder / "cat" / "0.jpg"
+    gone.unlink()
+    (folder / "dog" / "2.jpg").unlink()
+    (other / "0.jpg").unlink()
+    scan_images([kept])  # a scan of the "cat" folder forgets its deleted file, and only that one
+    assert str(gone) not in remembered(cache) and str(kept) in remembered(cache)
+    assert {str(folder / "dog" / "2.jpg"), str(other / "0.jpg")} <= remembered(cache)
+    find_unreadable(sorted(folder.rglob("*.jpg")))
+    assert remembered(cache) == {str(p) for p in folder.rglob("*.jpg")} | {str(other / "0.jpg")}

@@ -3,11 +3,15 @@ workers, class names and sizes from the sidecar files, bad samples named by key.
 
 from __future__ import annotations
 
+import http.server
 import io
 import json
 import logging
+import socket
 import tarfile
+import threading
 from collections import Counter
+from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -230,3 +234,47 @@ def test_missing_package_names_the_extra(monkeypatch):
                         if name == "webdataset" else real(name, *a))  # fmt: skip
     with pytest.raises(DataError, match=r"pip install 'vitkit\[webdataset\]'"):
         WebDatasetDataModule("x.tar", None)
+
+
+@pytest.fixture
+def http_folder(tmp_path):
+    """An HTTP server on loopback serving ``tmp_path`` (files not there answer 404, those under ``private/`` 403)."""
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def do_GET(self):
+            return self.send_error(403) if self.path.startswith("/private/") else super().do_GET()
+
+        def log_message(self, *args):
+            pass
+
+    handler = partial(Handler, directory=str(tmp_path))
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as server:
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+        server.shutdown()
+
+
+def test_remote_sidecar_files_are_read_and_a_missing_one_is_absent(http_folder, tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "classes.txt").write_text("cat\ndog\n")
+    assert WebDatasetDataModule(f"{http_folder}/a/t-000000.tar", None).class_names == ["cat", "dog"]
+    assert WebDatasetDataModule(f"{http_folder}/a/t-000000.tar", None).label_stats is None  # 404: not written
+    with pytest.raises(DataError, match=r"no class names .* put classes\.txt"):
+        WebDatasetDataModule(f"{http_folder}/b/t-000000.tar", None).class_names
+    with pytest.raises(
+        DataError, match=r"^cannot read .*/private/classes\.txt \(a sidecar file of the shards\): HTTP 403"
+    ):
+        WebDatasetDataModule(f"{http_folder}/private/t-000000.tar", None).class_names
+
+
+def test_a_remote_sidecar_that_cannot_be_fetched_is_named_as_such(tmp_path):
+    with socket.socket() as probe:  # a loopback port that nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/shards/classes.txt"
+    with pytest.raises(DataError) as err:
+        WebDatasetDataModule(f"http://127.0.0.1:{port}/shards/train-{{000000..000003}}.tar", None).class_names
+    message = str(err.value)
+    assert message.startswith(f"cannot read {url} (a sidecar file of the shards): ") and "\n" not in message
+    assert "refused" in message.lower() and "network" in message

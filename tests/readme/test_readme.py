@@ -126,7 +126,14 @@ def test_every_readme_command_runs_as_written_and_writes_only_into_runs(project,
                     assert command.split()[1] in ("demo", "test", "lint"), command
                     skipped.append(command.split(" #")[0].strip())
                     continue
+                # Resuming the finished quickstart run: it names the checkpoint and leaves it as it is (not restarted)
+                resume = command.startswith("vitkit fit --config quickstart") and "--ckpt_path last" in command
+                last = project / "runs" / "quickstart" / "version_0" / "checkpoints" / "last.ckpt"
+                before = (last.stat().st_ino, last.stat().st_mtime_ns) if resume else None
                 result = run(fill_in(command), project, hub_cache)
+                if resume:
+                    assert (last.stat().st_ino, last.stat().st_mtime_ns) == before, result.stdout + result.stderr
+                    assert "runs/quickstart/version_0/checkpoints/last.ckpt" in result.stdout + result.stderr
                 if "fsdp" in command and not torch.cuda.is_available():
                     assert result.returncode == 2 and NEEDS_GPU in result.stderr, result.stderr
                     assert "Traceback" not in result.stderr

@@ -16,7 +16,7 @@ import yaml
 from tests.conftest import TINY_VIT
 from tests.helpers import REPO, TINY_ARGS, VITKIT, vitkit
 from vitkit import Backbone, ImageDataModule, TransferModule, WeightsError
-from vitkit.checkpoints import AtomicCheckpointIO
+from vitkit.checkpoints import AtomicCheckpointIO, remove_partial_saves
 from vitkit.cli import VitkitCLI
 from vitkit.trainer import VitkitTrainer
 
@@ -62,7 +62,7 @@ def test_a_checkpoint_with_pickled_code_is_refused_by_every_command(command, tmp
 
 SAVER = """
 import sys, torch
-from vitkit.checkpoints import AtomicCheckpointIO
+from vitkit.checkpoints import AtomicCheckpointIO, remove_partial_saves
 io = AtomicCheckpointIO()
 print("saving", flush=True)
 while True:
@@ -86,7 +86,27 @@ def test_killing_a_process_while_it_saves_never_leaves_a_broken_checkpoint(tmp_p
         assert weights.shape in ((3,), (40_000_000,)) and bool((weights == weights[0]).all())
         seen.add(tuple(weights.shape))
     assert (40_000_000,) in seen  # some saves completed: the kills did hit a writing process
-    assert [p.name for p in tmp_path.iterdir() if not p.name.startswith(".")] == ["last.ckpt"]
+    left = {p.name: p.stat().st_size for p in tmp_path.iterdir()}  # hidden files too: kills leave temporary files
+    partial = remove_partial_saves(tmp_path)  # what the next run in this folder does as it starts
+    assert sorted(p.name for p in partial) == sorted(set(left) - {"last.ckpt"}), left
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
+
+
+@pytest.mark.slow
+def test_a_run_resumed_in_a_folder_removes_the_files_that_killed_saves_left(tmp_path, shapes_root):
+    args = ["fit", "--config", "quickstart", *TINY_ARGS, "--data.init_args.root", shapes_root,
+            "--trainer.logger", "false", "--trainer.default_root_dir", tmp_path]  # fmt: skip
+    vitkit(*args, "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", cwd=tmp_path)
+    folder = tmp_path / "version_0" / "checkpoints"
+    before = sorted(os.listdir(folder))
+    (folder / ".last.ckpt.k1llz_9a.tmp").write_bytes(b"\0" * 1000)  # a save killed mid-write (mkstemp's name)
+    (folder / ".notes.tmp").write_text("a user's file")  # not a checkpoint save's: kept
+    resumed = vitkit(*args, "--trainer.max_epochs", "2", "--trainer.limit_train_batches", "2", "--ckpt_path", "last",
+                     cwd=tmp_path)  # fmt: skip
+    assert sorted(os.listdir(folder)) == sorted([*before, ".notes.tmp"])  # hidden files listed too
+    assert f"removed {folder / '.last.ckpt.k1llz_9a.tmp'}, a checkpoint save that was interrupted" in (
+        resumed.stdout + resumed.stderr
+    )
 
 
 def test_checkpoints_are_as_readable_as_the_umask_says(tmp_path):

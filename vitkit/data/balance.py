@@ -6,6 +6,7 @@ import math
 from collections.abc import Iterator
 
 import numpy as np
+from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DistributedSampler
 
 from vitkit.errors import DataError
@@ -57,3 +58,19 @@ class BalancedSampler(DistributedSampler):
 
     def __len__(self) -> int:
         return self.num_samples
+
+
+def warn_if_corrected_twice(sampler: str | None, task: object) -> None:
+    """Warn (once, on rank 0) where the balanced sampler and an automatic loss weight both correct the imbalance."""
+    if sampler != "balanced":
+        return
+    if getattr(task, "class_weights", None) == "auto":
+        weighting = "--model.task.init_args.class_weights auto"
+    elif getattr(task, "use_pos_weight", None) is True:
+        weighting = "--model.task.init_args.pos_weight true"
+    else:
+        return
+    rank_zero_warn(
+        f"vitkit: --data.init_args.sampler balanced and {weighting} both correct the class imbalance, so rare "
+        "classes are favoured twice (squared); choose one of them."
+    )

@@ -133,9 +133,11 @@ def _scan(paths: Sequence[Path], workers: int, cache: bool, infos: bool) -> list
     results: list[Any] = [None] * len(paths)
     stats: dict[str, tuple[int, int]] = {}
     keys: list[str | None] = [None] * len(paths)
+    folders: set[str] = set()
     for i, path in enumerate(paths):
         name = os.fspath(path)
         key = name if name.startswith(os.sep) else os.path.abspath(name)  # abspath only where needed: 1M calls
+        folders.add(os.path.dirname(key))
         try:
             stat = os.stat(key)
         except OSError as err:
@@ -153,6 +155,7 @@ def _scan(paths: Sequence[Path], workers: int, cache: bool, infos: bool) -> list
                 (keys[i], *stats[keys[i]], r._asdict() if isinstance(r, ImageInfo) else None, _error(r))  # type: ignore[index]
                 for i, r in decoded.items()
             )
+            store.forget_missing(folders, stats)  # deleted files' results are dropped
     finally:
         if store is not None:
             store.close()

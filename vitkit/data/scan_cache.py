@@ -2,8 +2,10 @@
 
 A file is known by its absolute path, size and modification time (ns); while those stay the same, its result
 (:class:`~vitkit.data.images.ImageInfo`, or the reason it cannot be read) is taken from the cache, so a second scan
-of an unchanged dataset costs one ``stat`` per file. A new or changed file is decoded again. Results also carry the
-version of the check and of Pillow: an upgrade that reads formats differently scans everything again.
+of an unchanged dataset costs one ``stat`` per file. A new or changed file is decoded again; remembered files that
+are gone from a scanned folder are forgotten (:meth:`ScanCache.forget_missing`), so the cache does not keep them
+forever. Results also carry the version of the check and of Pillow: an upgrade that reads formats differently
+scans everything again.
 
 SQLite (in WAL mode, with a busy timeout) lets several processes (DDP ranks, parallel runs) read and write the same
 file safely. Where the cache folder cannot be written, scans run without it, with a warning.
@@ -16,7 +18,7 @@ import os
 import sqlite3
 import time
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Container, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +104,22 @@ class ScanCache:
         rows = [(p, s, m, _CHECKER, json.dumps(i) if i is not None else None, e) for p, s, m, i, e in results]
         with self._db:
             self._db.executemany("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?)", rows)
+
+    def forget_missing(self, folders: Iterable[str], present: Container[str]) -> int:
+        """Drop the remembered files under ``folders`` (absolute paths) that are not in ``present`` and no longer
+        exist; return how many. A scan calls it with its files' folders: one range query per folder, and a ``stat``
+        only for remembered files it did not see."""
+        gone = []
+        for folder in {f.rstrip(os.sep) for f in folders}:
+            # the paths that start with "folder/": from "folder/" up to (excluded) "folder" + the next character
+            rows = self._db.execute(
+                "SELECT path FROM files WHERE path >= ? AND path < ?", (folder + os.sep, folder + chr(ord(os.sep) + 1))
+            )
+            gone += [(path,) for (path,) in rows if path not in present and not os.path.lexists(path)]
+        if gone:
+            with self._db:
+                self._db.executemany("DELETE FROM files WHERE path = ?", gone)
+        return len(gone)
 
     def dataset(self, key: str) -> dict[str, str] | None:
         """``{sample key: reason}`` of the unreadable samples of a fully scanned dataset, or None if not scanned."""

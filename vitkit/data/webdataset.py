@@ -9,7 +9,7 @@ import tarfile
 from functools import cached_property
 from typing import Any
 
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import IterableDataset, default_collate
 
 from vitkit.data.base import ImageDataModule
@@ -218,11 +218,37 @@ class WebDatasetDataModule(ImageDataModule):
                 return f.read()
         if "://" not in path:
             return None
+        return _read_remote(path)
+
+
+def _read_remote(url: str) -> str | None:
+    """Text of a remote sidecar file, None if the server says it is not there (HTTP 404/410, FileNotFoundError).
+
+    Any other failure (network, credentials, server) is a :class:`DataError` naming the file over http(s), where
+    the status is known, and a warning elsewhere (a ``pipe:`` command's exit status cannot tell "missing" apart).
+    """
+    import urllib.error
+    import urllib.request
+
+    what = f"cannot read {url} (a sidecar file of the shards)"
+    if url.startswith(("http://", "https://")):
         try:
-            with require("webdataset", "webdataset").gopen(path) as f:
-                return f.read().decode("utf-8")
-        except Exception:
-            return None
+            with urllib.request.urlopen(url, timeout=60) as response:
+                return response.read().decode("utf-8")
+        except urllib.error.HTTPError as err:
+            if err.code in (404, 410):
+                return None
+            raise DataError(f"{what}: HTTP {err.code} {err.reason}; check the URL and its credentials.") from err
+        except (OSError, ValueError) as err:  # URLError (refused, DNS, TLS) and timeouts are OSErrors
+            raise DataError(f"{what}: {getattr(err, 'reason', err)}; check the network and the URL.") from err
+    try:
+        with require("webdataset", "webdataset").gopen(url) as f:
+            return f.read().decode("utf-8")
+    except FileNotFoundError:
+        return None
+    except Exception as err:  # any scheme's own errors: named, then read as absent
+        rank_zero_warn(f"vitkit: {what}, going on without it: {type(err).__name__}: {err}".replace("\n", " "))
+        return None
 
 
 class _Decode:

@@ -9,9 +9,18 @@ Decoders, heads and teachers live under other names (``decoder.*``, ``head.*``, 
 (:class:`EncoderExport`), which ``Backbone(model_name, weights=FILE)`` loads.
 """
 
-from vitkit.pretrain.base import EncoderExport, PretrainModule, knn_accuracy, save_encoder
+from vitkit.pretrain.base import EncoderExport, PretrainModule, embedding_spread, knn_accuracy, save_encoder
 from vitkit.pretrain.dino import DINO
 from vitkit.pretrain.distillation import Distillation
 from vitkit.pretrain.mae import MAE
 
-__all__ = ["DINO", "MAE", "Distillation", "EncoderExport", "PretrainModule", "knn_accuracy", "save_encoder"]
+__all__ = [
+    "DINO",
+    "MAE",
+    "Distillation",
+    "EncoderExport",
+    "PretrainModule",
+    "embedding_spread",
+    "knn_accuracy",
+    "save_encoder",
+]

@@ -160,6 +160,14 @@ def knn_accuracy(
     return float((predicted[:, 0] == labels[~bank]).float().mean())
 
 
+def embedding_spread(embeddings: torch.Tensor) -> float:
+    """How spread out a batch's embeddings are: the per-dimension standard deviation of the L2-normalised
+    embeddings across the batch, averaged over dimensions and scaled by sqrt(dimensions) (about 1 for embeddings
+    spread evenly over the sphere, 0 for a collapsed encoder that gives every image the same embedding)."""
+    normalised = F.normalize(embeddings.detach().float(), dim=1)
+    return float(normalised.std(dim=0).mean() * normalised.shape[1] ** 0.5)
+
+
 class EncoderExport(L.Callback):
     """At the end of ``fit``, write the backbone's weights in timm's layout as ``encoder.safetensors`` next to the
     checkpoints (else in the run folder), with the timm model name and arguments in the file's metadata."""

@@ -9,12 +9,16 @@ from typing import Any, Literal
 
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 
 from vitkit.backbone import Backbone
 from vitkit.module import _default_optimizer
-from vitkit.pretrain.base import PretrainModule
+from vitkit.pretrain.base import PretrainModule, embedding_spread
+
+#: Below this :func:`~vitkit.pretrain.embedding_spread` at the end of an epoch, DINO warns that it has collapsed
+#: (healthy runs, even the first epochs of a tiny ViT, stay above 0.2).
+COLLAPSED_SPREAD = 0.05
 
 
 class DINO(PretrainModule):
@@ -24,6 +28,10 @@ class DINO(PretrainModule):
     The student (``backbone`` + ``head``) sees two global crops and ``n_local_views`` small local crops of each
     image; the teacher (``teacher_backbone`` + ``teacher_head``, an exponential moving average of the student)
     sees the global crops, and the student learns to match the teacher's output distribution across views.
+
+    DINO can collapse: every image gets the same embedding, and the loss still falls. ``train/embedding_spread``
+    (:func:`~vitkit.pretrain.embedding_spread` of the student's global-crop embeddings, mean over the epoch) shows
+    it, and an epoch that ends below :data:`COLLAPSED_SPREAD` is warned about, once per run.
 
     Args:
         backbone: any timm model. Local crops smaller than the input need a model that takes other sizes: a CNN,
@@ -94,6 +102,7 @@ class DINO(PretrainModule):
         self.global_crop_scale = tuple(global_crop_scale)
         self.local_crop_scale = tuple(local_crop_scale)
         self.transform_kwargs = dict(transform_kwargs or {})
+        self._collapse_warned = False
 
     def frozen_modules(self) -> list[nn.Module]:
         return [self.teacher_backbone, self.teacher_head]
@@ -143,12 +152,27 @@ class DINO(PretrainModule):
         global_views, local_views = torch.cat(views[:2]), views[2:]
         with torch.no_grad():
             teacher_out = self.teacher_head(self.teacher_backbone(global_views)).chunk(2)
-        student_out = list(self.head(self.backbone(global_views)).chunk(2))
+        embeddings = self.backbone(global_views)
+        student_out = list(self.head(embeddings).chunk(2))
+        spread = embedding_spread(embeddings)
+        self.log(
+            "train/embedding_spread", spread, on_step=False, on_epoch=True, sync_dist=True, batch_size=len(embeddings)
+        )
         if local_views:  # one forward pass for all local crops (same size)
             student_out += self.head(self.backbone(torch.cat(local_views))).chunk(len(local_views))
         loss = self.criterion(list(teacher_out), student_out, epoch=self.current_epoch)
         self.log_loss(loss, views[0].shape[0])
         return loss
+
+    def on_train_epoch_end(self) -> None:
+        spread = self.trainer.callback_metrics.get("train/embedding_spread")
+        if spread is not None and float(spread) < COLLAPSED_SPREAD and not self._collapse_warned:
+            self._collapse_warned = True
+            rank_zero_warn(
+                f"DINO has collapsed at epoch {self.current_epoch}: every image gets nearly the same embedding "
+                f"(train/embedding_spread {float(spread):.3f}, below {COLLAPSED_SPREAD}); lower the learning rate, "
+                "raise teacher_momentum or warm the teacher temperature up (warmup_teacher_temp_epochs)."
+            )
 
     def on_after_backward(self) -> None:
         self.head.cancel_last_layer_gradients(current_epoch=self.current_epoch)
