@@ -61,7 +61,9 @@ class VitkitTrainer(L.Trainer):
             )
             return
         resuming = f" (resuming {_shown(ckpt_path)})" if ckpt_path else ""
-        rank_zero_info(f"vitkit: run folder: {_shown(self.default_root_dir)}{resuming}")
+        # Said once the data is set up and checked: a run that fails before that leaves no folder to name.
+        announce = _Announce(f"vitkit: run folder: {_shown(self.default_root_dir)}{resuming}")
+        self.callbacks.append(announce)
         written = summary = None
         try:
             super().fit(model, train_dataloaders, val_dataloaders, datamodule, ckpt_path, weights_only)
@@ -71,12 +73,16 @@ class VitkitTrainer(L.Trainer):
                 from vitkit.report import report_after_fit
 
                 written = report_after_fit(self, model, datamodule)
-        finally:  # also after Ctrl-C, which Lightning ends with SystemExit
-            if self.is_global_zero:
-                summary = summary or self._fit_summary()
+        except BaseException as err:  # Ctrl-C and SIGTERM, which Lightning ends with SystemExit, or an error
+            if self.is_global_zero and announce.said:  # an error before the start is the error alone
+                summary = self._fit_summary(interrupted=isinstance(err, (KeyboardInterrupt, SystemExit)))
+            raise
+        finally:
+            self.callbacks.remove(announce)
+            if self.is_global_zero and summary:
                 rank_zero_info(summary + (f"\nreport: {_shown(written)}" if written else ""))
 
-    def _fit_summary(self) -> str:
+    def _fit_summary(self, interrupted: bool = False) -> str:
         lines = [f"run folder: {_shown(self.default_root_dir)}"]
         for callback in self.checkpoint_callbacks:
             if callback.monitor is not None and callback.best_model_path:
@@ -84,10 +90,13 @@ class VitkitTrainer(L.Trainer):
                 value = f" ({callback.monitor} {float(score):.4g})" if score is not None else ""
                 lines.append(f"best checkpoint: {_shown(callback.best_model_path)}{value}")
         lasts = [c.last_model_path or c.best_model_path for c in self.checkpoint_callbacks if c.monitor is None]
-        lines += [f"last checkpoint: {_shown(path)}" for path in lasts if path]
-        if self.state.status == TrainerStatus.INTERRUPTED:
-            epoch = self.current_epoch
-            lines.append(f"interrupted in epoch {epoch}: resume it with the same command and --ckpt_path last")
+        lasts = [path for path in lasts if path and Path(path).is_file()]
+        lines += [f"last checkpoint: {_shown(path)}" for path in lasts]
+        if interrupted and lasts:  # `--ckpt_path last` finds this run's last.ckpt: the newest one
+            lines.append(f"interrupted in epoch {self.current_epoch}: resume it with the same command and "
+                         "--ckpt_path last")  # fmt: skip
+        elif interrupted:
+            lines.append(f"interrupted in epoch {self.current_epoch}, before its first checkpoint: nothing to resume")
         return "\n".join(lines)
 
     def validate(
@@ -369,3 +378,14 @@ def _image_paths(items: list[str]) -> list[Path]:
     if not paths:
         raise DataError(f"no images found in {', '.join(items)}.")
     return paths
+
+
+class _Announce(L.Callback):
+    """Prints a line when the fit starts, after the data's setup and checks (``on_fit_start``)."""
+
+    def __init__(self, line: str) -> None:
+        self.line, self.said = line, False
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        rank_zero_info(self.line)
+        self.said = True

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
@@ -78,6 +80,8 @@ class ImageDataModule(L.LightningDataModule):
         self.on_bad_image = on_bad_image
         self.scan_cache = scan_cache
         self.datasets: dict[str, Dataset] = {}
+        #: ``{split: (images, {name: reason})}`` while :meth:`listing_bad_images` gathers every split's findings.
+        self._bad_images: dict[str, tuple[int, dict[str, str]]] | None = None
 
     @property
     def num_outputs(self) -> int | None:
@@ -173,11 +177,24 @@ class ImageDataModule(L.LightningDataModule):
 
     def setup(self, stage: str) -> None:
         wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("predict",)}[stage]
-        for split in wanted:
-            samples = self.samples(split)
-            if samples is not None:
-                samples = self._readable(split, samples)
-                self.datasets[split] = ImageDataset(samples, self.transform(train=split == "train"))
+        with self.listing_bad_images():
+            for split in wanted:
+                samples = self.samples(split)
+                if samples is not None:
+                    samples = self._readable(split, samples)
+                    self.datasets[split] = ImageDataset(samples, self.transform(train=split == "train"))
+
+    @contextmanager
+    def listing_bad_images(self) -> Iterator[None]:
+        """Within it, the unreadable images of every split scanned are gathered; with ``on_bad_image=error`` one
+        error lists them all at the end (train and val at once, not one split per run)."""
+        self._bad_images = {}
+        try:
+            yield
+        finally:
+            found, self._bad_images = self._bad_images, None
+        if found:
+            raise DataError(_unreadable_message(found))
 
     def _readable(self, split: str, samples: list[Sample]) -> list[Sample]:
         """Decode every image once, before any DataLoader worker does; apply ``on_bad_image`` to failures.
@@ -208,12 +225,10 @@ class ImageDataModule(L.LightningDataModule):
     def _unreadable_found(self, split: str, total: int, bad: dict[str, str]) -> None:
         """Apply ``on_bad_image``: stop with every unreadable sample named, or warn how many are left out."""
         if self.on_bad_image == "error":
-            listed = "\n  ".join(f"{name}: {reason}" for name, reason in list(bad.items())[:50])
-            more = f"\n  ... and {len(bad) - 50} more" if len(bad) > 50 else ""
-            raise DataError(
-                f"{len(bad)} of {total} {split} images cannot be read:\n  {listed}{more}\n"
-                "Fix or remove them, or leave them out with --data.init_args.on_bad_image skip."
-            )
+            if self._bad_images is None:
+                raise DataError(_unreadable_message({split: (total, bad)}))
+            self._bad_images[split] = (total, bad)
+            return
         rank_zero_warn(f"skipped {len(bad)} of {total} {split} images that cannot be read (on_bad_image=skip)")
 
     def _loader(self, split: str, shuffle: bool = False) -> DataLoader:
@@ -262,6 +277,19 @@ class ImageDataModule(L.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader("predict")
+
+
+def _unreadable_message(found: dict[str, tuple[int, dict[str, str]]]) -> str:
+    """Every split's unreadable images (the first 50 named, with their reasons) and what to do."""
+    counts = [f"{len(bad)} of {total} {split}" for split, (total, bad) in found.items()]
+    everything = [(name, reason) for _, bad in found.values() for name, reason in bad.items()]
+    head = f"{counts[0]} images" if len(counts) == 1 else f"{len(everything)} images ({', '.join(counts)})"
+    listed = "\n  ".join(f"{name}: {reason}" for name, reason in everything[:50])
+    more = f"\n  ... and {len(everything) - 50} more" if len(everything) > 50 else ""
+    return (
+        f"{head} cannot be read:\n  {listed}{more}\n"
+        "Fix or remove them, or leave them out with --data.init_args.on_bad_image skip."
+    )
 
 
 def _cpus() -> int:

@@ -169,13 +169,14 @@ class HFDatasetDataModule(ImageDataModule):
     def setup(self, stage: str) -> None:
         if stage == "predict" and self.predict_root is not None and self.predict_split is None:
             return super().setup(stage)
-        for split in _STAGES[stage]:
-            source = split
-            if split == "predict":
-                source = self.predict_split or ("test" if self.split_names["test"] else "val")
-            dataset = self._stream(source, split) if self.streaming else self._table(source, split)
-            if dataset is not None:
-                self.datasets[split] = dataset
+        with self.listing_bad_images():
+            for split in _STAGES[stage]:
+                source = split
+                if split == "predict":
+                    source = self.predict_split or ("test" if self.split_names["test"] else "val")
+                dataset = self._stream(source, split) if self.streaming else self._table(source, split)
+                if dataset is not None:
+                    self.datasets[split] = dataset
 
     def _table(self, source: str, split: str) -> Dataset | None:
         entry = self._rows[source]
