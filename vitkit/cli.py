@@ -30,6 +30,7 @@ from vitkit.data.base import ImageDataModule
 from vitkit.errors import DataError, VitkitError, concise_parse_error
 from vitkit.loggers import configure_loggers
 from vitkit.module import TransferModule
+from vitkit.resume import check_resumable
 from vitkit.runs import best_checkpoint, discard_if_empty, find_checkpoint, is_launched_process, new_run_dir, run_dir_of
 from vitkit.sweep import Recipe
 from vitkit.trainer import VitkitTrainer
@@ -107,6 +108,8 @@ class VitkitCLI(LightningCLI):
         hparams = dict(checkpoint.get("hyper_parameters") or {})
         self.checkpoint_hparams = {k: v for k, v in hparams.items() if not k.startswith("_")}
         self.checkpoint_info: dict[str, Any] = dict(checkpoint.get("vitkit") or {})
+        # The recipe's task as typed: Lightning replaces the model's config by the checkpoint's (see check_resumable).
+        self.recipe_task = _value_of(argv, "--model.task") or _from_configs(argv, "model", "task")
         _check_kind(self.ckpt_path, hparams.get("_class_path"), self.pretraining)
         if argv[:1] != ["fit"] and self.checkpoint_info.get("data") and "--config" in argv:
             # Evaluating or using a trained model: its own data, not the recipe's placeholder (--data.* re-points it).
@@ -220,6 +223,8 @@ class VitkitCLI(LightningCLI):
             # The model's own config (class_path/init_args), so its checkpoints rebuild it: see TransferModule.
             model_config = yaml.safe_load(self.parser.dump(self.config, skip_none=False))[self.subcommand]["model"]
             self.model.hparams.update({k: v for k, v in model_config.items() if k not in _LINKED})
+            if self.subcommand == "fit" and self.ckpt_path:  # before anything is written into its run folder
+                check_resumable(self.ckpt_path, self.checkpoint_hparams, self.recipe_task, self.datamodule)
         super().after_instantiate_classes()
 
     def instantiate_trainer(self, **kwargs: Any) -> Any:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 
-from tests.helpers import fit_quickstart
+from tests.helpers import TINY_ARGS, fit_quickstart, vitkit
+from vitkit.synthetic import make_shapes_folder
 
 
 def interrupt_at(epoch: int) -> list[str]:
@@ -27,3 +30,42 @@ def test_ctrl_c_before_any_checkpoint_promises_no_resume(shapes_root, tmp_path):
     result = fit_quickstart(shapes_root, tmp_path, "--trainer.max_epochs", "2", *interrupt_at(0), check=False)
     assert result.returncode != 0
     assert "nothing to resume" in result.stderr and "--ckpt_path last" not in result.stderr
+
+
+@pytest.fixture
+def finished_run(trained_checkpoint, tmp_path) -> Path:
+    """A copy of a finished 1-epoch quickstart run on 4 classes (``runs/quickstart/version_0``)."""
+    run = tmp_path / "runs" / "quickstart" / "version_0"
+    shutil.copytree(trained_checkpoint.parent.parent, run)
+    return run
+
+
+def files_of(folder: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*")}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("epochs", ["1", "3"])  # 1: the run's own length ("already finished"); 3: more
+def test_resuming_with_other_classes_fails_in_one_line_and_leaves_the_run_as_it_was(finished_run, tmp_path, epochs):
+    three = make_shapes_folder(tmp_path / "three", per_class=4, shapes=("circle", "square", "triangle"), seed=3)
+    before, config = files_of(finished_run), (finished_run / "config.yaml").read_text()
+    result = vitkit("fit", "--config", "quickstart", *TINY_ARGS, "--data.root", three, "--trainer.logger", "false",
+                    "--ckpt_path", finished_run / "checkpoints" / "last.ckpt", "--trainer.max_epochs", epochs,
+                    check=False)  # fmt: skip
+    assert result.returncode == 2, result.stdout + result.stderr
+    error = [line for line in result.stderr.splitlines() if line.startswith("vitkit: error:")]
+    assert len(error) == 1 and "differ from the checkpoint's" in error[0] and "already finished" not in result.stderr
+    assert files_of(finished_run) == before and (finished_run / "config.yaml").read_text() == config
+
+
+@pytest.mark.slow
+def test_resuming_with_another_task_s_recipe_fails_in_one_line(finished_run, shapes_root, tmp_path):
+    csv = tmp_path / "targets.csv"
+    images = sorted(shapes_root.rglob("*.png"))[:8]
+    csv.write_text("path,brightness,radius\n" + "".join(f"{p},{i / 8},{i % 3}\n" for i, p in enumerate(images)))
+    before = files_of(finished_run)
+    result = vitkit("fit", "--config", "regression", *TINY_ARGS, "--data.csv", csv, "--trainer.logger", "false",
+                    "--ckpt_path", finished_run / "checkpoints" / "last.ckpt", check=False)  # fmt: skip
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "the recipe's task is Regression, the checkpoint's Classification" in result.stderr
+    assert files_of(finished_run) == before
