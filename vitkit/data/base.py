@@ -9,12 +9,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
+import numpy as np
 import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset
 
-from vitkit.data.balance import BalancedSampler
+from vitkit.data.balance import BalancedSampler, balancing_advice, imbalance_of
 from vitkit.data.images import UNLABELLED, ImageDataset, Sample, find_unreadable, list_images
 from vitkit.errors import DataError
 from vitkit.tasks import LabelStats
@@ -183,6 +184,22 @@ class ImageDataModule(L.LightningDataModule):
                 if samples is not None:
                     samples = self._readable(split, samples)
                     self.datasets[split] = ImageDataset(samples, self.transform(train=split == "train"))
+        if stage == "fit":
+            self._suggest_balancing()
+
+    def _suggest_balancing(self) -> None:
+        """Say once, as ``check-data`` does, when the training classes are far apart in size and nothing balances
+        them (no ``sampler balanced``, no class weights in the task)."""
+        targets = getattr(getattr(self.datasets.get("train"), "samples", None), "targets", None)
+        task = getattr(self.trainer.lightning_module, "task", None) if self.trainer is not None else None
+        weighted = getattr(task, "class_weights", None) is not None or getattr(task, "use_pos_weight", False)
+        found = imbalance_of(targets, self.class_names) if targets is not None and self.class_names else None
+        if found is None or self.sampler == "balanced" or weighted:
+            return
+        ratio, largest, smallest = found
+        advice = balancing_advice(ratio, "class" if np.asarray(targets).ndim == 1 else "label")
+        if advice:
+            rank_zero_warn(f"the training data is imbalanced ({ratio:.1f}x: {largest} vs {smallest}): {advice}")
 
     @contextmanager
     def listing_bad_images(self) -> Iterator[None]:

@@ -177,6 +177,8 @@ class HFDatasetDataModule(ImageDataModule):
                 dataset = self._stream(source, split) if self.streaming else self._table(source, split)
                 if dataset is not None:
                     self.datasets[split] = dataset
+        if stage == "fit":
+            self._suggest_balancing()
 
     def _table(self, source: str, split: str) -> Dataset | None:
         entry = self._rows[source]
