@@ -164,8 +164,8 @@ def test_a_file_that_is_no_checkpoint_is_named_with_what_it_is(not_checkpoints, 
 
 @pytest.mark.slow
 def test_starting_from_weights_says_what_was_loaded(trained_checkpoint, shapes_root, tmp_path):
-    result = vitkit("fit", "--config", "quickstart", *TINY_ARGS, "--data.root", shapes_root, "--trainer.logger", "false",
-                    "--trainer.default_root_dir", tmp_path / "runs", "--trainer.max_epochs", "1",
+    result = vitkit("fit", "--config", "quickstart", *TINY_ARGS, "--data.root", shapes_root, "--trainer.logger",
+                    "false", "--trainer.default_root_dir", tmp_path / "runs", "--trainer.max_epochs", "1",
                     "--model.backbone.init_args.weights", trained_checkpoint)  # fmt: skip
     assert f"weights from {trained_checkpoint}: all 30 tensors of the encoder loaded" in result.stderr
     assert "the head starts fresh" in result.stderr

@@ -119,7 +119,7 @@ def imbalance(counts: dict[str, int], kind: str) -> list[str]:
     lines = ["", f"imbalance: {ratio:.1f}x ({kind} {largest} {counts[largest]}, {kind} {smallest} {counts[smallest]} "
              "train images)"]  # fmt: skip
     advice = balancing_advice(ratio, kind)
-    return lines + [f"  {advice}"] if advice else lines
+    return [*lines, f"  {advice}"] if advice else lines
 
 
 def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
