@@ -52,7 +52,7 @@ def test_batch_size_search_stops_at_the_given_limit_and_scales_the_lr(tmp_path, 
     tuned = vitkit("tune", "--config", "quickstart", "--data.root", shapes_root, *TINY, "--mode", "batch_size",
                    "--max_batch_size", "24", cwd=tmp_path)  # fmt: skip
     # The recipe (with --data.batch_size 16) runs AdamW at 1e-3: linearly scaled to 24, 1.5e-3.
-    assert "--data.init_args.batch_size 24 --model.optimizer.init_args.lr 1.5e-03" in tuned.stdout
+    assert "--data.batch_size 24 --model.optimizer.init_args.lr 1.5e-03" in tuned.stdout
     record = json.loads((tmp_path / "runs" / "quickstart" / "version_0" / "batch_size.json").read_text())
     assert record["largest_fitted"] == 24 and record["recipe_batch_size"] == 16
 

@@ -42,6 +42,8 @@ DEFAULT_ROOT = "runs"
 #: Commands that only use a trained model: nothing to log.
 _USE_MODEL = ("predict", "embed", "export", "explain", "report")
 _LINKED = ("num_outputs", "class_names", "label_stats")
+#: Commands that main() runs itself, outside LightningCLI's subcommands.
+OWN_COMMANDS = ("pretrain", "shard", "check-data", "recipes")
 
 
 class ConfigToLoggers(SaveConfigCallback):
@@ -77,6 +79,16 @@ class VitkitArgumentParser(LightningArgumentParser):
             super().error(message, ex)
         parser = getattr(ex, "subcommand_parser", None) or self
         prog = parser.prog.replace(" [options]", "")
+        wrong = re.search(r"argument subcommand: invalid choice: '([^']*)' \(choose from (.*)\)", message)
+        if wrong:  # every command, also those main() runs itself, and the nearest to what was typed
+            import difflib
+
+            commands = [*re.findall(r"'([^']+)'", wrong.group(2)), *OWN_COMMANDS]
+            near = difflib.get_close_matches(wrong.group(1), commands, n=1)
+            hint = f" (did you mean {near[0]}?)" if near else ""
+            sys.stderr.write(f"vitkit: error: unknown command '{wrong.group(1)}'{hint}; commands: "
+                             f"{', '.join(commands)} (vitkit --help)\n")  # fmt: skip
+            self.exit(2)
         sys.stderr.write(f"vitkit: error: {concise_parse_error(message)} (options: {prog} --help)\n")
         self.exit(2)
 
@@ -171,7 +183,7 @@ class VitkitCLI(LightningCLI):
                 return from_data
             raise DataError(
                 "the data has no labels to size the model's output from: train with labelled data "
-                "(--data.class_path vitkit.data.ClassFolderDataModule --data.init_args.root DIR), or give a trained "
+                "(--data.class_path vitkit.data.ClassFolderDataModule --data.root DIR), or give a trained "
                 "model with --ckpt_path."
             )
 
@@ -451,8 +463,8 @@ def main(args: list[str] | None = None) -> None:
 _WORKER_DIED = re.compile(r"DataLoader worker \(pid")
 _WORKER_HINT = (
     "The usual cause is memory: the kernel kills the largest process when RAM (or /dev/shm, which workers use to "
-    "pass batches) runs out. Lower --data.init_args.num_workers or --data.init_args.batch_size, or give the machine "
-    "or container more memory (Docker: --shm-size). With --data.init_args.num_workers 0 images load in the main "
+    "pass batches) runs out. Lower --data.num_workers or --data.batch_size, or give the machine "
+    "or container more memory (Docker: --shm-size). With --data.num_workers 0 images load in the main "
     "process, where any error shows its full traceback."
 )
 

@@ -1,4 +1,4 @@
-"""Class-balanced sampling of the training split (``--data.init_args.sampler balanced``)."""
+"""Class-balanced sampling of the training split (``--data.sampler balanced``)."""
 
 from __future__ import annotations
 
@@ -66,8 +66,8 @@ def balancing_advice(ratio: float, kind: str = "class") -> str | None:
     """What to do about a largest/smallest training count ``ratio`` above :data:`IMBALANCED`, else None."""
     if ratio <= IMBALANCED:
         return None
-    fix = ("--data.init_args.sampler balanced, or --model.task.init_args.class_weights auto" if kind == "class"
-           else "--data.init_args.sampler balanced, or --model.task.init_args.pos_weight true")  # fmt: skip
+    fix = ("--data.sampler balanced, or --model.task.init_args.class_weights auto" if kind == "class"
+           else "--data.sampler balanced, or --model.task.init_args.pos_weight true")  # fmt: skip
     plural = "classes" if kind == "class" else f"{kind}s"
     return f"rare {plural} may never be predicted; balance the training: {fix}"
 

@@ -144,7 +144,7 @@ class ImageDataModule(L.LightningDataModule):
 
     def split_hint(self, split: str) -> str:
         """What to do to give this data a ``split`` (see :meth:`require_split`)."""
-        return "give labelled data, e.g. --data.class_path vitkit.ClassFolderDataModule --data.init_args.root DIR."
+        return "give labelled data, e.g. --data.class_path vitkit.ClassFolderDataModule --data.root DIR."
 
     def resolved_data_config(self) -> dict[str, Any]:
         """The timm data config used for transforms: explicit, else the attached model's, else timm's default."""
@@ -305,7 +305,7 @@ def _unreadable_message(found: dict[str, tuple[int, dict[str, str]]]) -> str:
     more = f"\n  ... and {len(everything) - 50} more" if len(everything) > 50 else ""
     return (
         f"{head} cannot be read:\n  {listed}{more}\n"
-        "Fix or remove them, or leave them out with --data.init_args.on_bad_image skip."
+        "Fix or remove them, or leave them out with --data.on_bad_image skip."
     )
 
 

@@ -163,7 +163,7 @@ def check_data_main(args: list[str]) -> int:
         "Scan a dataset as `vitkit fit` would (folders or manifest rows, then every image decoded) and print images "
         "per split and class, image sizes and modes, and every unreadable file with its reason. Exits 1 if any image "
         "cannot be read. Examples: `vitkit check-data --data.root my_images`, "
-        "`vitkit check-data --config multilabel --data.init_args.csv labels.csv`.",
+        "`vitkit check-data --config multilabel --data.csv labels.csv`.",
     )
     parser.add_argument("--workers", type=int | None, default=None, help="Decoding threads (default: all cores).")
     config, data = parse_data_command(parser, args)

@@ -164,7 +164,7 @@ class HFDatasetDataModule(ImageDataModule):
         return f"Hugging Face dataset {self.path}"
 
     def split_hint(self, split: str) -> str:
-        return f"name the dataset's {split} split with --data.init_args.{split}_split NAME."
+        return f"name the dataset's {split} split with --data.{split}_split NAME."
 
     def setup(self, stage: str) -> None:
         if stage == "predict" and self.predict_root is not None and self.predict_split is None:
@@ -208,7 +208,7 @@ class HFDatasetDataModule(ImageDataModule):
 
         stream = self._split_table(source)
         if stream is None:
-            raise DataError(f"{self.path}: streaming needs a '{source}' split; give --data.init_args.{source}_split.")
+            raise DataError(f"{self.path}: streaming needs a '{source}' split; give --data.{source}_split.")
         world, rank = self._world()
         train = split == "train"
         if train:
@@ -230,9 +230,7 @@ class HFDatasetDataModule(ImageDataModule):
             info = splits.get(self.split_names[source])
             total = getattr(info, "num_examples", None)
         if not total:
-            raise DataError(
-                f"{self.path}: the streamed train split's size is unknown; give --data.init_args.samples_per_epoch."
-            )
+            raise DataError(f"{self.path}: the streamed train split's size is unknown; give --data.samples_per_epoch.")
         workers = max(1, self._stream_workers)
         batches = total // (world * workers * self.batch_size)
         if batches < 1:
