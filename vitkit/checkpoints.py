@@ -30,6 +30,16 @@ def read_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
         raise WeightsError(f"cannot read checkpoint {path}: {err}") from err
 
 
+def is_pretraining_checkpoint(path: str | Path | None) -> bool:
+    """Whether ``path`` is a checkpoint that ``vitkit pretrain`` wrote (its method's ``_class_path`` in it)."""
+    if not path or not Path(path).is_file() or not_a_torch_file(Path(path)):
+        return False
+    try:
+        return "_class_path" in (read_checkpoint(path, mmap=True).get("hyper_parameters") or {})
+    except WeightsError:
+        return False
+
+
 def not_a_torch_file(path: Path) -> str | None:
     """What a file is when its first bytes say it cannot be a torch file (``torch.save``'s zip or pickle), e.g.
     ``"an ONNX model"``; ``None`` when it may be one."""

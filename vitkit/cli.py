@@ -25,7 +25,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from vitkit import recipes
 from vitkit.callbacks import ProgressBar as VitkitProgressBar
 from vitkit.callbacks import ValidationReport, wandb_loggers_of
-from vitkit.checkpoints import AtomicCheckpointIO, RunInfo, read_checkpoint
+from vitkit.checkpoints import AtomicCheckpointIO, RunInfo, is_pretraining_checkpoint, read_checkpoint
 from vitkit.data.base import ImageDataModule
 from vitkit.errors import DataError, VitkitError, concise_parse_error
 from vitkit.loggers import configure_loggers
@@ -120,9 +120,11 @@ class VitkitCLI(LightningCLI):
         hparams = dict(checkpoint.get("hyper_parameters") or {})
         self.checkpoint_hparams = {k: v for k, v in hparams.items() if not k.startswith("_")}
         self.checkpoint_info: dict[str, Any] = dict(checkpoint.get("vitkit") or {})
+        #: A pretraining checkpoint's method (``vitkit.MAE``, ...); None for a fit's.
+        self.checkpoint_class_path: str | None = hparams.get("_class_path")
         # The recipe's task as typed: Lightning replaces the model's config by the checkpoint's (see check_resumable).
         self.recipe_task = _value_of(argv, "--model.task") or _from_configs(argv, "model", "task")
-        _check_kind(self.ckpt_path, hparams.get("_class_path"), self.pretraining)
+        _check_kind(self.ckpt_path, self.checkpoint_class_path, self.pretraining)
         if argv[:1] != ["fit"] and self.checkpoint_info.get("data") and "--config" in argv:
             # Evaluating or using a trained model: its own data, not the recipe's placeholder (--data.* re-points it).
             at = len(argv) - argv[::-1].index("--config") + 1
@@ -426,6 +428,11 @@ def main(args: list[str] | None = None) -> None:
             from vitkit.data.shard import shard_main
 
             raise SystemExit(shard_main(argv[1:]))
+        if argv[:1] == ["embed"] and is_pretraining_checkpoint(_value_of(resolve_argv(argv), "--ckpt_path")):
+            from vitkit.pretrain.cli import pretrain_embed_main  # an encoder's embeddings: the natural use of it
+
+            pretrain_embed_main(resolve_argv(argv))
+            return
         if argv[:1] == ["pretrain"]:  # self-supervised pretraining on unlabelled images (vitkit.pretrain)
             from vitkit.pretrain.cli import pretrain_main
 
