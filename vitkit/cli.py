@@ -23,8 +23,8 @@ from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from vitkit import recipes
+from vitkit.callbacks import EpochLines, ValidationReport, wandb_loggers_of
 from vitkit.callbacks import ProgressBar as VitkitProgressBar
-from vitkit.callbacks import ValidationReport, wandb_loggers_of
 from vitkit.checkpoints import AtomicCheckpointIO, RunInfo, is_pretraining_checkpoint, read_checkpoint
 from vitkit.data.base import ImageDataModule
 from vitkit.errors import DataError, VitkitError, concise_parse_error
@@ -135,6 +135,8 @@ class VitkitCLI(LightningCLI):
             sys.argv[1:] = argv  # DDP processes that Lightning launches re-run sys.argv: the same files for all
         self.run_dir: Path | None = None
         kwargs.setdefault("trainer_defaults", {}).setdefault("default_root_dir", default_root(argv))
+        # Lightning's layer table (FLOPs 0, modules in train mode) on every fit: --trainer.enable_model_summary true
+        kwargs["trainer_defaults"].setdefault("enable_model_summary", False)
         kwargs.setdefault("parser_class", VitkitArgumentParser)
         try:
             super().__init__(*args, **kwargs)
@@ -249,7 +251,8 @@ class VitkitCLI(LightningCLI):
         if trainer_config.get("logger") not in (False, None) and not has(LearningRateMonitor):
             callbacks.append(LearningRateMonitor(logging_interval="step"))
         if trainer_config.get("enable_progress_bar", True) is not False and not has(ProgressBar):
-            callbacks.append(VitkitProgressBar())
+            # A terminal gets Rich bars; a log file (nohup, SLURM, CI) one line per epoch.
+            callbacks.append(VitkitProgressBar() if sys.stdout.isatty() else EpochLines())
         if self.subcommand == "fit":
             data = yaml.safe_load(self.parser.dump(self.config, skip_none=False))[self.subcommand].get("data")
             callbacks.append(RunInfo(data=data))
@@ -392,7 +395,15 @@ class _Quiet(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         text = str(record.msg)
+        if any(text.startswith(noise) for noise in _LIGHTNING_NOISE):
+            return False
         return "litlogger" not in text and not (self.seed_too and text.startswith("Seed set to"))
+
+
+#: Lightning's lines about its own bookkeeping: the steps estimate, and checkpoint restores that read as a restart at
+#: the end of fit (the report scores the best checkpoint); vitkit says which checkpoint a command uses itself.
+_LIGHTNING_NOISE = ("Loading `train_dataloader` to estimate", "Restoring states from the checkpoint path",
+                    "Loaded model weights from the checkpoint at")  # fmt: skip
 
 
 def _one_line_warning(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> str:

@@ -72,7 +72,14 @@ class VitkitTrainer(L.Trainer):
             if report and self.state.status == TrainerStatus.FINISHED:
                 from vitkit.report import report_after_fit
 
-                written = report_after_fit(self, model, datamodule)
+                bar = self.progress_bar_callback  # the report's predict pass is no new stage to watch
+                if bar is not None:
+                    bar.disable()
+                try:
+                    written = report_after_fit(self, model, datamodule)
+                finally:
+                    if bar is not None:
+                        bar.enable()
         except BaseException as err:  # Ctrl-C and SIGTERM, which Lightning ends with SystemExit, or an error
             if self.is_global_zero and announce.said:  # an error before the start is the error alone
                 summary = self._fit_summary(interrupted=isinstance(err, (KeyboardInterrupt, SystemExit)))
