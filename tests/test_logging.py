@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 
 import pytest
@@ -63,3 +64,15 @@ def test_a_fit_into_a_log_file_says_one_line_per_epoch_and_no_bookkeeping(tmp_pa
                   "Loaded model weights", "Predicting", "Epoch 0"):  # fmt: skip
         assert noise not in output, noise
     assert "best checkpoint:" in output and "report:" in output  # what a user acts on stays
+
+
+@pytest.mark.slow
+def test_resuming_a_csv_logged_run_keeps_its_earlier_metrics(tmp_path, shapes_root):
+    csv_logger = ["--trainer.logger", "lightning.pytorch.loggers.CSVLogger"]
+    fit_quickstart(shapes_root, tmp_path, "--trainer.max_epochs", "1", *csv_logger)
+    resumed = fit_quickstart(shapes_root, tmp_path, "--trainer.max_epochs", "2", *csv_logger, "--ckpt_path", "last")
+    assert "will be deleted" not in resumed.stderr
+    with open(run_folder(tmp_path) / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted(int(r["epoch"]) for r in rows if r.get("val/acc")) == [0, 1]  # epoch 0's row survived the resume
+    assert sorted(int(r["epoch"]) for r in rows if r.get("train/loss_epoch")) == [0, 1]

@@ -425,6 +425,7 @@ def main(args: list[str] | None = None) -> None:
     for noise in (r"Be aware that when using `ckpt_path`, callbacks used to create", r"Checkpoint directory .* exists "
                   r"and is not empty", r"The number of training batches \(\d+\) is smaller than the logging interval",
                   r"Precision .* is not supported by the model summary",
+                  r"Experiment logs directory .* exists and is not empty",  # vitkit's CSVLogger keeps the rows
                   r"Your .IterableDataset. has .__len__. defined"):  # streams' lengths are exact  # fmt: skip
         warnings.filterwarnings("ignore", message=noise)
     warnings.formatwarning = _one_line_warning
