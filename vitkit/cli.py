@@ -216,19 +216,16 @@ class VitkitCLI(LightningCLI):
         elif self.subcommand == "tune":  # a run folder per tuning job; the same sweep command continues its own
             command = yaml.safe_load(self.parser.dump(self.recipe_config, skip_none=False))[self.subcommand]
             self.run_dir = output = tune_folder(root, config["mode"], config.get("sweep"), command)
-            wandb_id, name = None, None
         else:  # outputs go next to the checkpoint, into its run folder (--output puts them elsewhere)
             self.run_dir = run_dir_of(self.ckpt_path) if self.ckpt_path else root
             output = self.run_dir / self.subcommand if self.subcommand in ("validate", "test") else self.run_dir
             if self.subcommand in ("validate", "test") and config.get("output"):
                 output = Path(config["output"])
-            wandb_id, name = None, f"{self.run_dir.parent.name}/{self.run_dir.name}/{self.subcommand}"
         config["trainer.default_root_dir"] = str(output)
-        if self.subcommand in (*_USE_MODEL, "tune"):  # tune's sweep trials log as the recipe says (vitkit.sweep)
-            config["trainer.logger"] = False
+        if self.subcommand != "fit":  # tune's sweep trials log as the recipe says (vitkit.sweep); evaluations write
+            config["trainer.logger"] = False  # metrics.json and the report, with --config or not: no logger run
         else:
-            config["trainer.logger"] = configure_loggers(config.get("trainer.logger"), output, wandb_id, name,
-                                                         default_on=self.subcommand == "fit")  # fmt: skip
+            config["trainer.logger"] = configure_loggers(config.get("trainer.logger"), output, wandb_id, name)
 
     def before_tune(self) -> None:
         """``vitkit tune --mode sweep`` builds a model, data and trainer per trial from the recipe."""

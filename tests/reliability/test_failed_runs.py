@@ -69,3 +69,14 @@ def test_resuming_with_another_task_s_recipe_fails_in_one_line(finished_run, sha
     assert result.returncode == 2, result.stdout + result.stderr
     assert "the recipe's task is Regression, the checkpoint's Classification" in result.stderr
     assert files_of(finished_run) == before
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe", [[], ["--config", "quickstart"]])  # the recipe logs to W&B
+def test_a_test_starts_no_logger_run_with_or_without_its_recipe(finished_run, split_root, recipe):
+    (split_root / "val").rename(split_root / "test")
+    vitkit("test", *recipe, "--ckpt_path", finished_run / "checkpoints" / "last.ckpt", "--data.root", split_root,
+           "--data.num_workers", "0")  # fmt: skip
+    made = sorted(p.name for p in (finished_run / "test").iterdir())
+    assert "metrics.json" in made and "wandb" not in made, made
+    assert not list(finished_run.rglob("offline-run-*"))
