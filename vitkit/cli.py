@@ -423,7 +423,8 @@ def main(args: list[str] | None = None) -> None:
                   r"and is not empty", r"The number of training batches \(\d+\) is smaller than the logging interval",
                   r"Precision .* is not supported by the model summary",
                   r"Experiment logs directory .* exists and is not empty",  # vitkit's CSVLogger keeps the rows
-                  r"Your .IterableDataset. has .__len__. defined"):  # streams' lengths are exact  # fmt: skip
+                  r"Your .IterableDataset. has .__len__. defined",  # streams' lengths are exact
+                  r"Couldn't infer the batch indices"):  # the writers read streamed keys from the batch  # fmt: skip
         warnings.filterwarnings("ignore", message=noise)
     warnings.formatwarning = _one_line_warning
     try:

@@ -29,11 +29,16 @@ class WandbLogger(_LightningWandbLogger):
 
     Args:
         connect_timeout: seconds to wait for the W&B server before going offline.
+        quiet: print no run history and summary when the run ends (``vitkit tune`` sets it for its trials).
         **kwargs: Lightning ``WandbLogger`` arguments (``project``, ``name``, ``tags``, ``save_dir``, ``log_model``,
             ``offline``, ...) and ``wandb.init`` arguments.
     """
 
-    def __init__(self, *args: Any, connect_timeout: float = 10.0, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, connect_timeout: float = 10.0, quiet: bool = False, **kwargs: Any) -> None:
+        if quiet and "settings" not in kwargs:  # no run history and summary printed at its end (sweep trials)
+            import wandb
+
+            kwargs["settings"] = wandb.Settings(quiet=True)
         mode = kwargs.get("mode") or ("offline" if kwargs.get("offline") else os.environ.get("WANDB_MODE", "online"))
         if mode not in ("offline", "disabled", "dryrun"):
             reason = _online_blocker(connect_timeout)

@@ -89,6 +89,14 @@ class VitkitTrainer(L.Trainer):
             if self.is_global_zero and summary:
                 rank_zero_info(summary + (f"\nreport: {_shown(written)}" if written else ""))
 
+    def save_checkpoint(
+        self, filepath: str | Path, weights_only: bool | None = None, storage_options: Any | None = None
+    ) -> None:
+        """Lightning's, with ``weights_only`` said: a full checkpoint unless asked (Lightning's tuners leave it unset,
+        and Lightning then logs that it defaults to ``False``; reading a checkpoint is always ``weights_only=True``:
+        :class:`~vitkit.checkpoints.AtomicCheckpointIO`)."""
+        super().save_checkpoint(filepath, bool(weights_only), storage_options)
+
     def _fit_summary(self, interrupted: bool = False) -> str:
         lines = [f"run folder: {_shown(self.default_root_dir)}"]
         for callback in self.checkpoint_callbacks:
