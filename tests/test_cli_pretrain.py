@@ -161,7 +161,7 @@ def test_an_unreadable_teacher_file_is_one_line(tmp_path, unlabelled):
     bad = tmp_path / "teacher.pth"
     bad.write_bytes(b"not a checkpoint")
     line = one_line_error(pretrain(tmp_path, unlabelled, *distillation(bad), check=False))
-    assert f"cannot read weights from {bad}" in line and "safetensors" in line
+    assert f"{bad} is a text file, not weights" in line and "safetensors" in line
 
 
 def test_pretrain_help_describes_each_methods_options_and_a_bad_option_names_the_command(tmp_path):
