@@ -54,10 +54,12 @@ class VitkitTrainer(L.Trainer):
         """
         if not self.announce:
             return super().fit(model, train_dataloaders, val_dataloaders, datamodule, ckpt_path, weights_only)
-        if ckpt_path is not None and _finished(ckpt_path, self.max_epochs):
+        done = _epochs_done(ckpt_path) if ckpt_path is not None else 0
+        if self.max_epochs and self.max_epochs > 0 and done >= self.max_epochs:
             rank_zero_info(
-                f"vitkit: {_shown(ckpt_path)} already finished its {self.max_epochs} epochs: nothing to resume. To "
-                f"train on from its weights, start a new run with --model.backbone.init_args.weights {ckpt_path}."
+                f"vitkit: {_shown(ckpt_path)} already finished its {self.max_epochs} epochs ({done} trained): nothing "
+                "to resume. To train on from its weights, start a new run with --model.backbone.init_args.weights "
+                f"{ckpt_path}."
             )
             return
         resuming = f" (resuming {_shown(ckpt_path)})" if ckpt_path else ""
@@ -348,13 +350,13 @@ class VitkitTrainer(L.Trainer):
         return written
 
 
-def _finished(ckpt_path: str | Path, max_epochs: int | None) -> bool:
-    """Whether the checkpoint is the end of a run of ``max_epochs`` epochs (resuming it would train nothing)."""
-    if not max_epochs or max_epochs < 0 or not Path(ckpt_path).is_file():
-        return False
+def _epochs_done(ckpt_path: str | Path) -> int:
+    """Epochs a checkpoint has trained and validated (0 for a file that is not there: Lightning says so)."""
+    if not Path(ckpt_path).is_file():
+        return 0
     checkpoint = read_checkpoint(ckpt_path, mmap=True)
     loop = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_progress", {}).get("current", {})
-    return loop.get("processed", checkpoint.get("epoch", -1) + 1) >= max_epochs  # epochs trained and validated
+    return int(loop.get("processed", checkpoint.get("epoch", -1) + 1))
 
 
 def _shown(path: str | Path) -> str:

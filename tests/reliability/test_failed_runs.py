@@ -80,3 +80,13 @@ def test_a_test_starts_no_logger_run_with_or_without_its_recipe(finished_run, sp
     made = sorted(p.name for p in (finished_run / "test").iterdir())
     assert "metrics.json" in made and "wandb" not in made, made
     assert not list(finished_run.rglob("offline-run-*"))
+
+
+@pytest.mark.slow
+def test_resuming_a_finished_run_with_its_own_data_changes_nothing(finished_run, shapes_root):
+    before = files_of(finished_run)
+    last = finished_run / "checkpoints" / "last.ckpt"
+    result = vitkit("fit", "--config", "quickstart", *TINY_ARGS, "--data.root", shapes_root, "--trainer.logger",
+                    "false", "--ckpt_path", last, "--trainer.max_epochs", "1")  # fmt: skip
+    assert "already finished its 1 epochs (1 trained): nothing to resume" in result.stderr
+    assert files_of(finished_run) == before
