@@ -510,7 +510,8 @@ def _check_kind(ckpt_path: str | None, class_path: str | None, pretraining: bool
     if ckpt_path and class_path and not pretraining:
         raise VitkitError(
             f"{ckpt_path} is a `vitkit pretrain` checkpoint ({class_path}): start a fit from its encoder with "
-            f"--model.backbone.init_args.weights {ckpt_path} (--ckpt_path resumes or uses a fit's checkpoint)."
+            f"--model.backbone.init_args.weights {ckpt_path} (--ckpt_path resumes or uses a fit's checkpoint; `vitkit "
+            "embed` also takes a pretraining one)."
         )
     if ckpt_path and pretraining and not class_path:
         raise VitkitError(
