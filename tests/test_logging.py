@@ -64,6 +64,9 @@ def test_a_fit_into_a_log_file_says_one_line_per_epoch_and_no_bookkeeping(tmp_pa
                   "Loaded model weights", "Predicting", "Epoch 0"):  # fmt: skip
         assert noise not in output, noise
     assert "best checkpoint:" in output and "report:" in output  # what a user acts on stays
+    verbose = fit_quickstart(shapes_root, tmp_path, "--trainer.max_epochs", "1", "--trainer.logger", "false",
+                             "--verbose")  # fmt: skip
+    assert "Total params" in verbose.stdout + verbose.stderr and "Loading `train_dataloader`" in verbose.stderr
 
 
 @pytest.mark.slow

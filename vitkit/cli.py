@@ -150,8 +150,12 @@ class VitkitCLI(LightningCLI):
     def subcommands() -> dict[str, set[str]]:
         """Lightning's fit/validate/test/predict, and :class:`~vitkit.trainer.VitkitTrainer`'s
         embed/export/explain/tune/report."""
+        lightning = LightningCLI.subcommands()
         return {
-            **LightningCLI.subcommands(),
+            **lightning,
+            # Their `verbose` (print the metrics: on by default) gives way to vitkit's --verbose (all output).
+            "validate": {*lightning["validate"], "verbose"},
+            "test": {*lightning["test"], "verbose"},
             "embed": {"model", "datamodule"},
             "export": {"model", "datamodule"},
             "explain": {"model", "datamodule"},
@@ -160,6 +164,8 @@ class VitkitCLI(LightningCLI):
         }
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_argument("--verbose", action="store_true", help="Also what vitkit leaves out: Lightning's model "
+                            "summary and its bookkeeping lines (steps estimate, checkpoint restores).")  # fmt: skip
         if not self.checkpoint_hparams:  # a trained model's outputs are its own (TransferModule.setup checks the data)
             for name in _LINKED:
                 parser.link_arguments(f"data.{name}", f"model.{name}", self._linked_value(name), "instantiate")
@@ -201,6 +207,11 @@ class VitkitCLI(LightningCLI):
             config["model.backbone.init_args.weights"] = None
         if self.subcommand is None:
             return
+        if config.get("verbose"):
+            config["trainer.enable_model_summary"] = True
+            for name in _QUIETED:
+                for found in [f for f in logging.getLogger(name).filters if isinstance(f, _Quiet)]:
+                    found.verbose = True
         if self.subcommand == "tune":  # the recipe as given, before its folders are set: sweeps build trials from it
             self.recipe_config = self.config.clone()
         _check_strategy(config.get("trainer.strategy"), config.get("trainer.accelerator"))
@@ -389,14 +400,18 @@ class _Quiet(logging.Filter):
     def __init__(self, seed_too: bool) -> None:
         super().__init__()
         self.seed_too = seed_too
+        #: ``--verbose``: Lightning's bookkeeping lines too.
+        self.verbose = False
 
     def filter(self, record: logging.LogRecord) -> bool:
         text = str(record.msg)
-        if any(text.startswith(noise) for noise in _LIGHTNING_NOISE):
+        if not self.verbose and any(text.startswith(noise) for noise in _LIGHTNING_NOISE):
             return False
         return "litlogger" not in text and not (self.seed_too and text.startswith("Seed set to"))
 
 
+#: The loggers whose records :class:`_Quiet` sifts.
+_QUIETED = ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.seed")
 #: Lightning's lines about its own bookkeeping: the steps estimate, and checkpoint restores that read as a restart at
 #: the end of fit (the report scores the best checkpoint); vitkit says which checkpoint a command uses itself.
 _LIGHTNING_NOISE = ("Loading `train_dataloader` to estimate", "Restoring states from the checkpoint path",
@@ -412,8 +427,8 @@ def main(args: list[str] | None = None) -> None:
     """Entry point of the ``vitkit`` console script."""
     argv = list(sys.argv[1:] if args is None else args)
     quiet = _Quiet(seed_too=argv[:1] != ["fit"])
-    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(quiet)
-    logging.getLogger("lightning.fabric.utilities.seed").addFilter(quiet)
+    for name in _QUIETED:
+        logging.getLogger(name).addFilter(quiet)
     # Lightning 2.6 on torch >= 2.10 warns about its own pytree use on every step; nothing a user can act on.
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
     # The CLI re-creates the checkpointing callbacks itself; Lightning's reminder to do so is noise here. So are: the
