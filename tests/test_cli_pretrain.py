@@ -7,6 +7,7 @@ import csv
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -160,7 +161,7 @@ def test_an_unreadable_teacher_file_is_one_line(tmp_path, unlabelled):
     bad = tmp_path / "teacher.pth"
     bad.write_bytes(b"not a checkpoint")
     line = one_line_error(pretrain(tmp_path, unlabelled, *distillation(bad), check=False))
-    assert f"cannot read weights from {bad}" in line and "safetensors" in line
+    assert f"{bad} is a text file, not weights" in line and "safetensors" in line
 
 
 def test_pretrain_help_describes_each_methods_options_and_a_bad_option_names_the_command(tmp_path):
@@ -168,3 +169,14 @@ def test_pretrain_help_describes_each_methods_options_and_a_bad_option_names_the
     assert "--model.n_local_views" in result.stdout and "teacher_momentum" in result.stdout
     line = one_line_error(pretrain(tmp_path, tmp_path, "--data.knn_rot", tmp_path, check=False))
     assert "knn_rot" in line and "(options: vitkit pretrain --help)" in line
+
+
+def test_embed_writes_a_pretrained_encoder_s_features(tmp_path, unlabelled, shapes_root):
+    pretrain(tmp_path, unlabelled, *MAE, "--trainer.max_epochs", "1")
+    ckpt = tmp_path / "runs" / "pretrain" / "version_0" / "checkpoints" / "last.ckpt"
+    result = vitkit("embed", "--ckpt_path", ckpt, "--data.predict_root", shapes_root, "--output", tmp_path / "emb")
+    assert "embeddings written to" in result.stderr + result.stdout
+    features = np.load(tmp_path / "emb.npy")
+    assert features.shape == (len(list(shapes_root.rglob("*.*"))), 192)  # the tiny ViT's width, one row per image
+    with open(tmp_path / "emb.csv") as f:
+        assert next(csv.reader(f)) == ["row", "path"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 
 import pytest
@@ -49,3 +50,32 @@ def test_without_a_logger_the_report_is_saved_as_png(tmp_path, shapes_root):
         "samples_epoch000.png",
     ]
     assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "config.yaml", "report", "validation"]
+
+
+@pytest.mark.slow
+def test_a_fit_into_a_log_file_says_one_line_per_epoch_and_no_bookkeeping(tmp_path, shapes_root):
+    """Output captured (not a terminal), as under nohup, SLURM or CI."""
+    result = fit_quickstart(shapes_root, tmp_path, "--trainer.max_epochs", "3", "--trainer.logger", "false")
+    output = result.stdout + result.stderr
+    epochs = [line for line in result.stdout.splitlines() if line.startswith("epoch ")]
+    assert [line.split()[1] for line in epochs] == ["1/3", "2/3", "3/3"], output
+    assert all("train/loss" in line and "val/acc" in line and "val/loss" in line for line in epochs), epochs
+    for noise in ("Total FLOPs", "Modules in train mode", "Loading `train_dataloader`", "Restoring states",
+                  "Loaded model weights", "Predicting", "Epoch 0"):  # fmt: skip
+        assert noise not in output, noise
+    assert "best checkpoint:" in output and "report:" in output  # what a user acts on stays
+    verbose = fit_quickstart(shapes_root, tmp_path, "--trainer.max_epochs", "1", "--trainer.logger", "false",
+                             "--verbose")  # fmt: skip
+    assert "Total params" in verbose.stdout + verbose.stderr and "Loading `train_dataloader`" in verbose.stderr
+
+
+@pytest.mark.slow
+def test_resuming_a_csv_logged_run_keeps_its_earlier_metrics(tmp_path, shapes_root):
+    csv_logger = ["--trainer.logger", "lightning.pytorch.loggers.CSVLogger"]
+    fit_quickstart(shapes_root, tmp_path, "--trainer.max_epochs", "1", *csv_logger)
+    resumed = fit_quickstart(shapes_root, tmp_path, "--trainer.max_epochs", "2", *csv_logger, "--ckpt_path", "last")
+    assert "will be deleted" not in resumed.stderr
+    with open(run_folder(tmp_path) / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted(int(r["epoch"]) for r in rows if r.get("val/acc")) == [0, 1]  # epoch 0's row survived the resume
+    assert sorted(int(r["epoch"]) for r in rows if r.get("train/loss_epoch")) == [0, 1]

@@ -90,5 +90,6 @@ def test_trials_that_log_to_wandb_join_the_sweeps_group(tmp_path):
     config = configure_loggers([logger, csv], tmp_path / "trial_000", None, "quickstart/version_0/trial_000")
     _join_group(config, "quickstart/version_0")
     assert config[0].init_args.group == "quickstart/version_0" and "group" not in config[1].init_args
+    assert config[0].init_args.quiet is True  # no W&B run history printed after every trial
     assert config[0].init_args.save_dir == str(tmp_path / "trial_000")
     assert config[0].init_args.name == "quickstart/version_0/trial_000"  # the run's name, not the logger's class

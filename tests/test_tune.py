@@ -59,7 +59,8 @@ def test_batch_size_search_stops_at_the_given_limit_and_scales_the_lr(tmp_path, 
     tuned = vitkit("tune", "--config", "quickstart", "--data.root", shapes_root, *TINY, "--mode", "batch_size",
                    "--max_batch_size", "24", cwd=tmp_path)  # fmt: skip
     # The recipe (with --data.batch_size 16) runs AdamW at 1e-3: linearly scaled to 24, 1.5e-3.
-    assert "--data.init_args.batch_size 24 --model.optimizer.init_args.lr 1.5e-03" in tuned.stdout
+    assert "--data.batch_size 24 --model.optimizer.init_args.lr 1.5e-03" in tuned.stdout
+    assert "weights_only` was not set" not in tuned.stdout + tuned.stderr
     record = json.loads((tmp_path / "runs" / "quickstart" / "version_0" / "batch_size.json").read_text())
     assert record["largest_fitted"] == 24 and record["recipe_batch_size"] == 16
 
@@ -82,6 +83,7 @@ def test_sweep_killed_mid_trial_resumes_from_its_database_and_its_best_recipe_fi
     resumed = vitkit(*command, cwd=tmp_path)
     output = resumed.stdout + resumed.stderr
     assert "1 of 3 trials finished, resuming" in output and "trial 1 was interrupted: it runs again" in output
+    assert "Using an existing study" not in output and "A new study created" not in output
     assert sorted(p.name for p in run.parent.iterdir()) == ["version_0"]  # the same folder, not a new sweep
     study = optuna.load_study(study_name="version_0", storage=f"sqlite:///{run / 'study.db'}")
     states = [t.state for t in study.trials]

@@ -10,6 +10,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from vitkit.checkpoints import not_a_torch_file
 from vitkit.errors import WeightsError
 
 log = logging.getLogger(__name__)
@@ -107,10 +108,14 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"weights file not found: {path}")
-    if path.suffix == ".safetensors":
+    kind = not_a_torch_file(path)
+    if path.suffix == ".safetensors" or kind == "a safetensors file":
         from safetensors.torch import load_file
 
         return load_file(str(path), device="cpu")
+    if kind:
+        raise WeightsError(f"{path} is {kind}, not weights: give a safetensors file, a torch state dict or a vitkit "
+                           "checkpoint (.ckpt from `vitkit fit` or `vitkit pretrain`).")  # fmt: skip
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # pickle refusing to run code, truncated files, non-torch files
@@ -200,3 +205,8 @@ def load_backbone_weights(model: nn.Module, path: str | Path) -> None:
         parts.append("Check model_name and model_kwargs (img_size, patch_size, depth, ...) match the weights.")
         raise WeightsError("\n".join(parts))
     model.load_state_dict(state, strict=True)
+    from lightning.pytorch.utilities import rank_zero_info
+
+    left_out = f"; its classifier ({len(dropped)} tensors) left out" if dropped else ""
+    rank_zero_info(f"vitkit: weights from {path}: all {len(state)} tensors of the encoder loaded{left_out}; the head "
+                   "starts fresh")  # fmt: skip

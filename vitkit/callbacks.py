@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import ProgressBar as LightningProgressBar
 from lightning.pytorch.callbacks import RichProgressBar
 from PIL import Image, ImageDraw, ImageFont
 from torchmetrics.classification import MulticlassConfusionMatrix
@@ -22,6 +24,43 @@ class ProgressBar(RichProgressBar):
         metrics = super().get_metrics(trainer, pl_module)
         metrics.pop("v_num", None)
         return metrics
+
+
+class EpochLines(LightningProgressBar):
+    """Progress for a log file (stdout not a terminal: nohup, SLURM, CI), as timm and Ultralytics print it: one line
+    per epoch with the progress bar's headline metrics, ``epoch 3/20  train/loss 0.512  val/loss 0.431  val/acc 0.83
+    (12 s)``. Said when the epoch's metrics are all in: at the next epoch's start, or at the end of training."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._enabled, self._started, self._pending = True, 0.0, False
+
+    def disable(self) -> None:
+        self._enabled = False
+
+    def enable(self) -> None:
+        self._enabled = True
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._say(trainer, trainer.current_epoch)  # the previous epoch, whose train metrics are logged by now
+        self._started = time.monotonic()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._pending, self._seconds = True, time.monotonic() - self._started
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._say(trainer, trainer.current_epoch)
+
+    def _say(self, trainer: L.Trainer, epochs_done: int) -> None:
+        if not self._pending or not self._enabled or not trainer.is_global_zero:
+            return
+        self._pending = False
+        shown = {k: v for k, v in trainer.progress_bar_metrics.items() if k not in ("train/loss", "v_num")}
+        if "train/loss_epoch" in trainer.callback_metrics:
+            shown = {"train/loss": float(trainer.callback_metrics["train/loss_epoch"]), **shown}
+        values = "  ".join(f"{k} {float(v):.4g}" for k, v in shown.items())
+        total = f"/{trainer.max_epochs}" if trainer.max_epochs and trainer.max_epochs > 0 else ""
+        print(f"epoch {epochs_done}{total}  {values}  ({self._seconds:.0f} s)", flush=True)
 
 
 class ValidationReport(L.Callback):

@@ -22,10 +22,45 @@ def read_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"checkpoint not found: {path}")
+    kind = not_a_torch_file(path)
+    if kind:
+        raise WeightsError(f"{path} is {kind}, not a checkpoint: give a .ckpt file that `vitkit fit` or `vitkit "
+                           "pretrain` wrote (runs/<recipe>/version_N/checkpoints/).")  # fmt: skip
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as err:  # pickle refusing to run code, truncated or non-torch files
         raise WeightsError(f"cannot read checkpoint {path}: {err}") from err
+
+
+def is_pretraining_checkpoint(path: str | Path | None) -> bool:
+    """Whether ``path`` is a checkpoint that ``vitkit pretrain`` wrote (its method's ``_class_path`` in it)."""
+    if not path or not Path(path).is_file() or not_a_torch_file(Path(path)):
+        return False
+    try:
+        return "_class_path" in (read_checkpoint(path, mmap=True).get("hyper_parameters") or {})
+    except WeightsError:
+        return False
+
+
+def not_a_torch_file(path: Path) -> str | None:
+    """What a file is when its first bytes say it cannot be a torch file (``torch.save``'s zip or pickle), e.g.
+    ``"an ONNX model"``; ``None`` when it may be one."""
+    with open(path, "rb") as f:
+        head = f.read(512)
+    if head.startswith(b"PK") or head.startswith(b"\x80"):  # torch.save's zip archive; a legacy pickle
+        return None
+    if not head:
+        return "an empty file"
+    if path.suffix == ".onnx" or head.startswith(b"\x08"):  # ONNX: a protobuf whose first field is ir_version
+        return "an ONNX model (`vitkit export` output, for inference runtimes)"
+    if path.suffix == ".safetensors" or head[8:9] == b"{":
+        return "a safetensors file"
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError:
+        return "not a torch file"
+    names = {".yaml": "a YAML file", ".yml": "a YAML file", ".json": "a JSON file"}
+    return names.get(path.suffix.lower(), "a text file")
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

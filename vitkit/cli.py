@@ -23,13 +23,14 @@ from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from vitkit import recipes
+from vitkit.callbacks import EpochLines, ValidationReport, wandb_loggers_of
 from vitkit.callbacks import ProgressBar as VitkitProgressBar
-from vitkit.callbacks import ValidationReport, wandb_loggers_of
-from vitkit.checkpoints import AtomicCheckpointIO, RunInfo, read_checkpoint
+from vitkit.checkpoints import AtomicCheckpointIO, RunInfo, is_pretraining_checkpoint, read_checkpoint
 from vitkit.data.base import ImageDataModule
 from vitkit.errors import DataError, VitkitError, concise_parse_error
 from vitkit.loggers import configure_loggers
 from vitkit.module import TransferModule
+from vitkit.resume import check_resumable
 from vitkit.runs import best_checkpoint, discard_if_empty, find_checkpoint, is_launched_process, new_run_dir, run_dir_of
 from vitkit.sweep import Recipe
 from vitkit.trainer import VitkitTrainer
@@ -41,6 +42,8 @@ DEFAULT_ROOT = "runs"
 #: Commands that only use a trained model: nothing to log.
 _USE_MODEL = ("predict", "embed", "export", "explain", "report", "publish", "serve")
 _LINKED = ("num_outputs", "class_names", "label_stats")
+#: Commands that main() runs itself, outside LightningCLI's subcommands.
+OWN_COMMANDS = ("pretrain", "shard", "check-data", "recipes")
 
 
 class ConfigToLoggers(SaveConfigCallback):
@@ -76,6 +79,16 @@ class VitkitArgumentParser(LightningArgumentParser):
             super().error(message, ex)
         parser = getattr(ex, "subcommand_parser", None) or self
         prog = parser.prog.replace(" [options]", "")
+        wrong = re.search(r"argument subcommand: invalid choice: '([^']*)' \(choose from (.*)\)", message)
+        if wrong:  # every command, also those main() runs itself, and the nearest to what was typed
+            import difflib
+
+            commands = [*re.findall(r"'([^']+)'", wrong.group(2)), *OWN_COMMANDS]
+            near = difflib.get_close_matches(wrong.group(1), commands, n=1)
+            hint = f" (did you mean {near[0]}?)" if near else ""
+            sys.stderr.write(f"vitkit: error: unknown command '{wrong.group(1)}'{hint}; commands: "
+                             f"{', '.join(commands)} (vitkit --help)\n")  # fmt: skip
+            self.exit(2)
         sys.stderr.write(f"vitkit: error: {concise_parse_error(message)} (options: {prog} --help)\n")
         self.exit(2)
 
@@ -107,7 +120,11 @@ class VitkitCLI(LightningCLI):
         hparams = dict(checkpoint.get("hyper_parameters") or {})
         self.checkpoint_hparams = {k: v for k, v in hparams.items() if not k.startswith("_")}
         self.checkpoint_info: dict[str, Any] = dict(checkpoint.get("vitkit") or {})
-        _check_kind(self.ckpt_path, hparams.get("_class_path"), self.pretraining)
+        #: A pretraining checkpoint's method (``vitkit.MAE``, ...); None for a fit's.
+        self.checkpoint_class_path: str | None = hparams.get("_class_path")
+        # The recipe's task as typed: Lightning replaces the model's config by the checkpoint's (see check_resumable).
+        self.recipe_task = _value_of(argv, "--model.task") or _from_configs(argv, "model", "task")
+        _check_kind(self.ckpt_path, self.checkpoint_class_path, self.pretraining)
         if argv[:1] != ["fit"] and self.checkpoint_info.get("data") and "--config" in argv:
             # Evaluating or using a trained model: its own data, not the recipe's placeholder (--data.* re-points it).
             at = len(argv) - argv[::-1].index("--config") + 1
@@ -118,6 +135,8 @@ class VitkitCLI(LightningCLI):
             sys.argv[1:] = argv  # DDP processes that Lightning launches re-run sys.argv: the same files for all
         self.run_dir: Path | None = None
         kwargs.setdefault("trainer_defaults", {}).setdefault("default_root_dir", default_root(argv))
+        # Lightning's layer table (FLOPs 0, modules in train mode) on every fit: --trainer.enable_model_summary true
+        kwargs["trainer_defaults"].setdefault("enable_model_summary", False)
         kwargs.setdefault("parser_class", VitkitArgumentParser)
         try:
             super().__init__(*args, **kwargs)
@@ -131,8 +150,12 @@ class VitkitCLI(LightningCLI):
     def subcommands() -> dict[str, set[str]]:
         """Lightning's fit/validate/test/predict, and :class:`~vitkit.trainer.VitkitTrainer`'s
         embed/export/explain/tune/report."""
+        lightning = LightningCLI.subcommands()
         return {
-            **LightningCLI.subcommands(),
+            **lightning,
+            # Their `verbose` (print the metrics: on by default) gives way to vitkit's --verbose (all output).
+            "validate": {*lightning["validate"], "verbose"},
+            "test": {*lightning["test"], "verbose"},
             "embed": {"model", "datamodule"},
             "export": {"model", "datamodule"},
             "explain": {"model", "datamodule"},
@@ -143,6 +166,8 @@ class VitkitCLI(LightningCLI):
         }
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_argument("--verbose", action="store_true", help="Also what vitkit leaves out: Lightning's model "
+                            "summary and its bookkeeping lines (steps estimate, checkpoint restores).")  # fmt: skip
         if not self.checkpoint_hparams:  # a trained model's outputs are its own (TransferModule.setup checks the data)
             for name in _LINKED:
                 parser.link_arguments(f"data.{name}", f"model.{name}", self._linked_value(name), "instantiate")
@@ -170,7 +195,7 @@ class VitkitCLI(LightningCLI):
                 return from_data
             raise DataError(
                 "the data has no labels to size the model's output from: train with labelled data "
-                "(--data.class_path vitkit.data.ClassFolderDataModule --data.init_args.root DIR), or give a trained "
+                "(--data.class_path vitkit.data.ClassFolderDataModule --data.root DIR), or give a trained "
                 "model with --ckpt_path."
             )
 
@@ -184,6 +209,11 @@ class VitkitCLI(LightningCLI):
             config["model.backbone.init_args.weights"] = None
         if self.subcommand is None:
             return
+        if config.get("verbose"):
+            config["trainer.enable_model_summary"] = True
+            for name in _QUIETED:
+                for found in [f for f in logging.getLogger(name).filters if isinstance(f, _Quiet)]:
+                    found.verbose = True
         if self.subcommand == "tune":  # the recipe as given, before its folders are set: sweeps build trials from it
             self.recipe_config = self.config.clone()
         _check_strategy(config.get("trainer.strategy"), config.get("trainer.accelerator"))
@@ -199,19 +229,16 @@ class VitkitCLI(LightningCLI):
         elif self.subcommand == "tune":  # a run folder per tuning job; the same sweep command continues its own
             command = yaml.safe_load(self.parser.dump(self.recipe_config, skip_none=False))[self.subcommand]
             self.run_dir = output = tune_folder(root, config["mode"], config.get("sweep"), command)
-            wandb_id, name = None, None
         else:  # outputs go next to the checkpoint, into its run folder (--output puts them elsewhere)
             self.run_dir = run_dir_of(self.ckpt_path) if self.ckpt_path else root
             output = self.run_dir / self.subcommand if self.subcommand in ("validate", "test") else self.run_dir
             if self.subcommand in ("validate", "test") and config.get("output"):
                 output = Path(config["output"])
-            wandb_id, name = None, f"{self.run_dir.parent.name}/{self.run_dir.name}/{self.subcommand}"
         config["trainer.default_root_dir"] = str(output)
-        if self.subcommand in (*_USE_MODEL, "tune"):  # tune's sweep trials log as the recipe says (vitkit.sweep)
-            config["trainer.logger"] = False
+        if self.subcommand != "fit":  # tune's sweep trials log as the recipe says (vitkit.sweep); evaluations write
+            config["trainer.logger"] = False  # metrics.json and the report, with --config or not: no logger run
         else:
-            config["trainer.logger"] = configure_loggers(config.get("trainer.logger"), output, wandb_id, name,
-                                                         default_on=self.subcommand == "fit")  # fmt: skip
+            config["trainer.logger"] = configure_loggers(config.get("trainer.logger"), output, wandb_id, name)
 
     def before_tune(self) -> None:
         """``vitkit tune --mode sweep`` builds a model, data and trainer per trial from the recipe."""
@@ -222,6 +249,8 @@ class VitkitCLI(LightningCLI):
             # The model's own config (class_path/init_args), so its checkpoints rebuild it: see TransferModule.
             model_config = yaml.safe_load(self.parser.dump(self.config, skip_none=False))[self.subcommand]["model"]
             self.model.hparams.update({k: v for k, v in model_config.items() if k not in _LINKED})
+            if self.subcommand == "fit" and self.ckpt_path:  # before anything is written into its run folder
+                check_resumable(self.ckpt_path, self.checkpoint_hparams, self.recipe_task, self.datamodule)
         super().after_instantiate_classes()
 
     def instantiate_trainer(self, **kwargs: Any) -> Any:
@@ -232,7 +261,8 @@ class VitkitCLI(LightningCLI):
         if trainer_config.get("logger") not in (False, None) and not has(LearningRateMonitor):
             callbacks.append(LearningRateMonitor(logging_interval="step"))
         if trainer_config.get("enable_progress_bar", True) is not False and not has(ProgressBar):
-            callbacks.append(VitkitProgressBar())
+            # A terminal gets Rich bars; a log file (nohup, SLURM, CI) one line per epoch.
+            callbacks.append(VitkitProgressBar() if sys.stdout.isatty() else EpochLines())
         if self.subcommand == "fit":
             data = yaml.safe_load(self.parser.dump(self.config, skip_none=False))[self.subcommand].get("data")
             callbacks.append(RunInfo(data=data))
@@ -372,10 +402,22 @@ class _Quiet(logging.Filter):
     def __init__(self, seed_too: bool) -> None:
         super().__init__()
         self.seed_too = seed_too
+        #: ``--verbose``: Lightning's bookkeeping lines too.
+        self.verbose = False
 
     def filter(self, record: logging.LogRecord) -> bool:
         text = str(record.msg)
+        if not self.verbose and any(text.startswith(noise) for noise in _LIGHTNING_NOISE):
+            return False
         return "litlogger" not in text and not (self.seed_too and text.startswith("Seed set to"))
+
+
+#: The loggers whose records :class:`_Quiet` sifts.
+_QUIETED = ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.seed")
+#: Lightning's lines about its own bookkeeping: the steps estimate, and checkpoint restores that read as a restart at
+#: the end of fit (the report scores the best checkpoint); vitkit says which checkpoint a command uses itself.
+_LIGHTNING_NOISE = ("Loading `train_dataloader` to estimate", "Restoring states from the checkpoint path",
+                    "Loaded model weights from the checkpoint at")  # fmt: skip
 
 
 def _one_line_warning(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> str:
@@ -387,8 +429,8 @@ def main(args: list[str] | None = None) -> None:
     """Entry point of the ``vitkit`` console script."""
     argv = list(sys.argv[1:] if args is None else args)
     quiet = _Quiet(seed_too=argv[:1] != ["fit"])
-    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(quiet)
-    logging.getLogger("lightning.fabric.utilities.seed").addFilter(quiet)
+    for name in _QUIETED:
+        logging.getLogger(name).addFilter(quiet)
     # Lightning 2.6 on torch >= 2.10 warns about its own pytree use on every step; nothing a user can act on.
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
     # The CLI re-creates the checkpointing callbacks itself; Lightning's reminder to do so is noise here. So are: the
@@ -397,7 +439,9 @@ def main(args: list[str] | None = None) -> None:
     for noise in (r"Be aware that when using `ckpt_path`, callbacks used to create", r"Checkpoint directory .* exists "
                   r"and is not empty", r"The number of training batches \(\d+\) is smaller than the logging interval",
                   r"Precision .* is not supported by the model summary",
-                  r"Your .IterableDataset. has .__len__. defined"):  # streams' lengths are exact  # fmt: skip
+                  r"Experiment logs directory .* exists and is not empty",  # vitkit's CSVLogger keeps the rows
+                  r"Your .IterableDataset. has .__len__. defined",  # streams' lengths are exact
+                  r"Couldn't infer the batch indices"):  # the writers read streamed keys from the batch  # fmt: skip
         warnings.filterwarnings("ignore", message=noise)
     warnings.formatwarning = _one_line_warning
     try:
@@ -411,6 +455,11 @@ def main(args: list[str] | None = None) -> None:
             from vitkit.data.shard import shard_main
 
             raise SystemExit(shard_main(argv[1:]))
+        if argv[:1] == ["embed"] and is_pretraining_checkpoint(_value_of(resolve_argv(argv), "--ckpt_path")):
+            from vitkit.pretrain.cli import pretrain_embed_main  # an encoder's embeddings: the natural use of it
+
+            pretrain_embed_main(resolve_argv(argv))
+            return
         if argv[:1] == ["pretrain"]:  # self-supervised pretraining on unlabelled images (vitkit.pretrain)
             from vitkit.pretrain.cli import pretrain_main
 
@@ -448,8 +497,8 @@ def main(args: list[str] | None = None) -> None:
 _WORKER_DIED = re.compile(r"DataLoader worker \(pid")
 _WORKER_HINT = (
     "The usual cause is memory: the kernel kills the largest process when RAM (or /dev/shm, which workers use to "
-    "pass batches) runs out. Lower --data.init_args.num_workers or --data.init_args.batch_size, or give the machine "
-    "or container more memory (Docker: --shm-size). With --data.init_args.num_workers 0 images load in the main "
+    "pass batches) runs out. Lower --data.num_workers or --data.batch_size, or give the machine "
+    "or container more memory (Docker: --shm-size). With --data.num_workers 0 images load in the main "
     "process, where any error shows its full traceback."
 )
 
@@ -478,7 +527,8 @@ def _check_kind(ckpt_path: str | None, class_path: str | None, pretraining: bool
     if ckpt_path and class_path and not pretraining:
         raise VitkitError(
             f"{ckpt_path} is a `vitkit pretrain` checkpoint ({class_path}): start a fit from its encoder with "
-            f"--model.backbone.init_args.weights {ckpt_path} (--ckpt_path resumes or uses a fit's checkpoint)."
+            f"--model.backbone.init_args.weights {ckpt_path} (--ckpt_path resumes or uses a fit's checkpoint; `vitkit "
+            "embed` also takes a pretraining one)."
         )
     if ckpt_path and pretraining and not class_path:
         raise VitkitError(

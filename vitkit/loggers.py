@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import importlib
 import inspect
 import netrc
@@ -12,8 +13,9 @@ from typing import Any
 from urllib.parse import urlparse
 
 from jsonargparse import Namespace
+from lightning.pytorch.loggers import CSVLogger as _LightningCSVLogger
 from lightning.pytorch.loggers import WandbLogger as _LightningWandbLogger
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 
 _DEFAULT_HOST = "https://api.wandb.ai"
 
@@ -27,11 +29,16 @@ class WandbLogger(_LightningWandbLogger):
 
     Args:
         connect_timeout: seconds to wait for the W&B server before going offline.
+        quiet: print no run history and summary when the run ends (``vitkit tune`` sets it for its trials).
         **kwargs: Lightning ``WandbLogger`` arguments (``project``, ``name``, ``tags``, ``save_dir``, ``log_model``,
             ``offline``, ...) and ``wandb.init`` arguments.
     """
 
-    def __init__(self, *args: Any, connect_timeout: float = 10.0, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, connect_timeout: float = 10.0, quiet: bool = False, **kwargs: Any) -> None:
+        if quiet and "settings" not in kwargs:  # no run history and summary printed at its end (sweep trials)
+            import wandb
+
+            kwargs["settings"] = wandb.Settings(quiet=True)
         mode = kwargs.get("mode") or ("offline" if kwargs.get("offline") else os.environ.get("WANDB_MODE", "online"))
         if mode not in ("offline", "disabled", "dryrun"):
             reason = _online_blocker(connect_timeout)
@@ -45,6 +52,39 @@ class WandbLogger(_LightningWandbLogger):
         # Lightning always passes `anonymous` to wandb.init, which then warns that the setting has no effect.
         if self._wandb_init.get("anonymous") is None:
             self._wandb_init.pop("anonymous", None)
+
+
+class CSVLogger(_LightningCSVLogger):
+    """Lightning's ``CSVLogger``, but resuming a run (``--ckpt_path last``) keeps the rows of ``metrics.csv`` from
+    before (Lightning's starts the file afresh, and warns that the old rows will be deleted): they are logged again,
+    first, so the file holds the whole run."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        path = Path(self.log_dir) / "metrics.csv"
+        self._earlier: list[tuple[dict[str, float], int | None]] = []
+        if path.is_file() and rank_zero_only.rank == 0:
+            with path.open(newline="") as f:
+                for row in csv.DictReader(f):
+                    step = row.pop("step", "")
+                    values = {k: _number(v) for k, v in row.items() if k and v not in ("", None)}
+                    self._earlier.append((values, int(_number(step)) if step else None))
+            path.unlink()  # rewritten whole from the rows above and the new ones
+
+    @rank_zero_only
+    def log_metrics(self, metrics: dict[str, Any], step: int | None = None) -> None:
+        earlier, self._earlier = self._earlier, []
+        for values, earlier_step in earlier:
+            super().log_metrics(values, earlier_step)
+        super().log_metrics(metrics, step)
+
+
+def _number(text: str) -> float | int:
+    """A CSV cell as it was logged: ``3`` an int (epochs), ``0.25`` a float."""
+    try:
+        return int(text)
+    except ValueError:
+        return float(text)
 
 
 def _online_blocker(timeout: float) -> str | None:
@@ -81,7 +121,7 @@ def configure_loggers(
     if config is None or config is True:
         if not default_on and config is None:
             return False
-        config = Namespace(class_path="lightning.pytorch.loggers.CSVLogger", init_args=Namespace())
+        config = Namespace(class_path="vitkit.loggers.CSVLogger", init_args=Namespace())
         _point_at(config, folder, wandb_id, name)
         return config
     if config is False:
@@ -109,5 +149,7 @@ def _point_at(item: Namespace, folder: Path, wandb_id: str | None, name: str | N
             args.id = wandb_id  # Lightning's W&B logger passes resume="allow": the same run continues
     elif issubclass(cls, (CSVLogger, TensorBoardLogger)):
         args.save_dir, args.name, args.version = str(folder), "", ""
+        if cls is CSVLogger:  # vitkit's keeps the metrics of a run it resumes
+            item.class_path = f"{__name__}.CSVLogger"
     elif "save_dir" in inspect.signature(cls).parameters:
         args.save_dir = str(folder)

@@ -94,6 +94,9 @@ def run_sweep(recipe: Recipe, space_file: Path, trials: int, folder: Path) -> An
         "direction": "maximize" if mode == "max" else "minimize",
         "pruner": optuna.pruners.MedianPruner(),
     }
+    # Optuna's "A new study created" then "Using an existing study" (the same study, made again with its sampler), and
+    # its line per trial: the sweep says where it is and each trial's values itself.
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(**settings)
     if isinstance(seed, int) and not isinstance(seed, bool):  # reproducible, but a resumed sweep draws new values
         sampler = optuna.samplers.TPESampler(seed=seed + len(study.trials))

@@ -54,14 +54,18 @@ class VitkitTrainer(L.Trainer):
         """
         if not self.announce:
             return super().fit(model, train_dataloaders, val_dataloaders, datamodule, ckpt_path, weights_only)
-        if ckpt_path is not None and _finished(ckpt_path, self.max_epochs):
+        done = _epochs_done(ckpt_path) if ckpt_path is not None else 0
+        if self.max_epochs and self.max_epochs > 0 and done >= self.max_epochs:
             rank_zero_info(
-                f"vitkit: {_shown(ckpt_path)} already finished its {self.max_epochs} epochs: nothing to resume. To "
-                f"train on from its weights, start a new run with --model.backbone.init_args.weights {ckpt_path}."
+                f"vitkit: {_shown(ckpt_path)} already finished its {self.max_epochs} epochs ({done} trained): nothing "
+                "to resume. To train on from its weights, start a new run with --model.backbone.init_args.weights "
+                f"{ckpt_path}."
             )
             return
         resuming = f" (resuming {_shown(ckpt_path)})" if ckpt_path else ""
-        rank_zero_info(f"vitkit: run folder: {_shown(self.default_root_dir)}{resuming}")
+        # Said once the data is set up and checked: a run that fails before that leaves no folder to name.
+        announce = _Announce(f"vitkit: run folder: {_shown(self.default_root_dir)}{resuming}")
+        self.callbacks.append(announce)
         written = summary = None
         try:
             super().fit(model, train_dataloaders, val_dataloaders, datamodule, ckpt_path, weights_only)
@@ -70,13 +74,32 @@ class VitkitTrainer(L.Trainer):
             if report and self.state.status == TrainerStatus.FINISHED:
                 from vitkit.report import report_after_fit
 
-                written = report_after_fit(self, model, datamodule)
-        finally:  # also after Ctrl-C, which Lightning ends with SystemExit
-            if self.is_global_zero:
-                summary = summary or self._fit_summary()
+                bar = self.progress_bar_callback  # the report's predict pass is no new stage to watch
+                if bar is not None:
+                    bar.disable()
+                try:
+                    written = report_after_fit(self, model, datamodule)
+                finally:
+                    if bar is not None:
+                        bar.enable()
+        except BaseException as err:  # Ctrl-C and SIGTERM, which Lightning ends with SystemExit, or an error
+            if self.is_global_zero and announce.said:  # an error before the start is the error alone
+                summary = self._fit_summary(interrupted=isinstance(err, (KeyboardInterrupt, SystemExit)))
+            raise
+        finally:
+            self.callbacks.remove(announce)
+            if self.is_global_zero and summary:
                 rank_zero_info(summary + (f"\nreport: {_shown(written)}" if written else ""))
 
-    def _fit_summary(self) -> str:
+    def save_checkpoint(
+        self, filepath: str | Path, weights_only: bool | None = None, storage_options: Any | None = None
+    ) -> None:
+        """Lightning's, with ``weights_only`` said: a full checkpoint unless asked (Lightning's tuners leave it unset,
+        and Lightning then logs that it defaults to ``False``; reading a checkpoint is always ``weights_only=True``:
+        :class:`~vitkit.checkpoints.AtomicCheckpointIO`)."""
+        super().save_checkpoint(filepath, bool(weights_only), storage_options)
+
+    def _fit_summary(self, interrupted: bool = False) -> str:
         lines = [f"run folder: {_shown(self.default_root_dir)}"]
         for callback in self.checkpoint_callbacks:
             if callback.monitor is not None and callback.best_model_path:
@@ -84,10 +107,13 @@ class VitkitTrainer(L.Trainer):
                 value = f" ({callback.monitor} {float(score):.4g})" if score is not None else ""
                 lines.append(f"best checkpoint: {_shown(callback.best_model_path)}{value}")
         lasts = [c.last_model_path or c.best_model_path for c in self.checkpoint_callbacks if c.monitor is None]
-        lines += [f"last checkpoint: {_shown(path)}" for path in lasts if path]
-        if self.state.status == TrainerStatus.INTERRUPTED:
-            epoch = self.current_epoch
-            lines.append(f"interrupted in epoch {epoch}: resume it with the same command and --ckpt_path last")
+        lasts = [path for path in lasts if path and Path(path).is_file()]
+        lines += [f"last checkpoint: {_shown(path)}" for path in lasts]
+        if interrupted and lasts:  # `--ckpt_path last` finds this run's last.ckpt: the newest one
+            lines.append(f"interrupted in epoch {self.current_epoch}: resume it with the same command and "
+                         "--ckpt_path last")  # fmt: skip
+        elif interrupted:
+            lines.append(f"interrupted in epoch {self.current_epoch}, before its first checkpoint: nothing to resume")
         return "\n".join(lines)
 
     def validate(
@@ -402,13 +428,13 @@ class VitkitTrainer(L.Trainer):
         return written
 
 
-def _finished(ckpt_path: str | Path, max_epochs: int | None) -> bool:
-    """Whether the checkpoint is the end of a run of ``max_epochs`` epochs (resuming it would train nothing)."""
-    if not max_epochs or max_epochs < 0 or not Path(ckpt_path).is_file():
-        return False
+def _epochs_done(ckpt_path: str | Path) -> int:
+    """Epochs a checkpoint has trained and validated (0 for a file that is not there: Lightning says so)."""
+    if not Path(ckpt_path).is_file():
+        return 0
     checkpoint = read_checkpoint(ckpt_path, mmap=True)
     loop = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_progress", {}).get("current", {})
-    return loop.get("processed", checkpoint.get("epoch", -1) + 1) >= max_epochs  # epochs trained and validated
+    return int(loop.get("processed", checkpoint.get("epoch", -1) + 1))
 
 
 def _shown(path: str | Path) -> str:
@@ -447,3 +473,14 @@ def _image_paths(items: list[str]) -> list[Path]:
     if not paths:
         raise DataError(f"no images found in {', '.join(items)}.")
     return paths
+
+
+class _Announce(L.Callback):
+    """Prints a line when the fit starts, after the data's setup and checks (``on_fit_start``)."""
+
+    def __init__(self, line: str) -> None:
+        self.line, self.said = line, False
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        rank_zero_info(self.line)
+        self.said = True

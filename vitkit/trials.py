@@ -4,6 +4,7 @@ Optuna's pruning callback, scored on the recipe's ``checkpoint.monitor`` at its 
 from __future__ import annotations
 
 import importlib
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +14,10 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, Pr
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.strategies import ParallelStrategy
 
+from vitkit.callbacks import EpochLines
 from vitkit.callbacks import ProgressBar as VitkitProgressBar
 from vitkit.errors import VitkitError
+from vitkit.loggers import WandbLogger as VitkitWandbLogger
 from vitkit.loggers import configure_loggers
 
 
@@ -58,7 +61,7 @@ def fit_trial(recipe: Any, values: dict[str, Any], folder: Path, group: str, tri
     callbacks += [best, PyTorchLightningPruningCallback(trial, monitor=monitor)]
     has = lambda kind: any(isinstance(c, kind) for c in callbacks)  # noqa: E731
     if arguments.get("enable_progress_bar", True) is not False and not has(ProgressBar):
-        callbacks.append(VitkitProgressBar())
+        callbacks.append(VitkitProgressBar() if sys.stdout.isatty() else EpochLines())
     if arguments.get("logger") not in (None, False) and not has(LearningRateMonitor):
         callbacks.append(LearningRateMonitor(logging_interval="step"))
     trainer = L.Trainer(**{**arguments, "callbacks": callbacks, "enable_checkpointing": False})
@@ -86,5 +89,8 @@ def _join_group(config: Any, group: str) -> None:
         class_path = item.get("class_path") if hasattr(item, "get") else None
         if class_path:
             module, _, name = class_path.rpartition(".")
-            if issubclass(getattr(importlib.import_module(module), name), WandbLogger):
+            cls = getattr(importlib.import_module(module), name)
+            if issubclass(cls, WandbLogger):
                 item.init_args.group = group
+            if issubclass(cls, VitkitWandbLogger):
+                item.init_args.quiet = True  # a trial's W&B history is in W&B; the sweep says each trial's score

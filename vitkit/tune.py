@@ -37,7 +37,7 @@ MODES = ("lr", "batch_size", "sweep")
 #: Share taken off the largest batch that fitted, as Lightning's scaler does: memory use varies between steps.
 BATCH_MARGIN = 0.05
 LR_FLAG = "--model.optimizer.init_args.lr"
-BATCH_FLAG = "--data.init_args.batch_size"
+BATCH_FLAG = "--data.batch_size"
 
 
 def tune_folder(root: Path, mode: str, sweep: str | None, command: dict[str, Any]) -> Path:

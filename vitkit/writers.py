@@ -41,6 +41,8 @@ def _path_and_target(
     else:
         path, target = index, None
     known = target is not None and not (isinstance(target, int) and target == UNLABELLED)
+    if task is None:  # a pretrained encoder (vitkit embed of a pretraining checkpoint): no target columns
+        return str(path), {}
     return str(path), task.describe_target(target if known else None)
 
 
@@ -177,7 +179,7 @@ class EmbeddingWriter(BasePredictionWriter):
         indices = _indices(batch_indices, len(self._indices), len(prediction))
         samples = _samples_of(trainer, dataloader_idx)
         for row, index in enumerate(indices):  # the path and target now: streamed data is not there at the merge
-            path, target_columns = _path_and_target(samples, index, pl_module.task, batch, row)
+            path, target_columns = _path_and_target(samples, index, getattr(pl_module, "task", None), batch, row)
             self._rows.append({"path": path, **target_columns})
         self._indices += indices
         self._features.append(prediction.float().cpu().numpy())

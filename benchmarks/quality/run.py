@@ -37,7 +37,7 @@ TASKS: dict[str, tuple[str, str, dict, list[str]]] = {
 }  # fmt: skip
 #: long-tail variants: vitkit flags (from the README's imbalance table) and the plain loop's
 VARIANTS = {
-    "longtail": [("default", [], []), ("sampler balanced", ["--data.init_args.sampler", "balanced"], ["--balanced"]),
+    "longtail": [("default", [], []), ("sampler balanced", ["--data.sampler", "balanced"], ["--balanced"]),
                  ("class_weights auto", ["--model.task.init_args.class_weights", "auto"], None)],
 }  # fmt: skip
 
@@ -151,6 +151,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=[*TASKS, "lr"])
     parser.add_argument("--epochs", type=int, default=15)
+    parser.add_argument("--who", nargs="+", default=["vitkit", "plain"], choices=["vitkit", "plain"])
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/quality"))
     args = parser.parse_args()
     args.out = args.out.resolve()
@@ -171,7 +172,7 @@ def main() -> None:
             for variant, ours, theirs in VARIANTS.get(task, [("default", [], [])]):
                 for who, fn, flags in (("vitkit", vitkit, ours), ("plain", plain, theirs)):
                     key = (task, variant, who, seed, args.epochs)
-                    if flags is None or key in done:
+                    if flags is None or key in done or who not in args.who:
                         continue
                     row = {"task": task, "variant": variant, "who": who, "seed": seed, "epochs": args.epochs,
                            **fn(task, data[task], flags, args.epochs, seed, args.out)}  # fmt: skip

@@ -125,9 +125,10 @@ def test_check_data_shows_the_imbalance_and_suggests_balancing(tmp_path):
     skewed = check_data(ClassFolderDataModule(long_tailed_folder(tmp_path / "a", {"circle": 40, "square": 5})))
     text = skewed.format()
     assert "imbalance: 8.0x (class circle 32, class square 4 train images)" in text
-    assert "--data.init_args.sampler balanced" in text and "class_weights auto" in text
+    assert "--data.sampler balanced" in text and "class_weights auto" in text
     even = check_data(ClassFolderDataModule(long_tailed_folder(tmp_path / "b", {"circle": 10, "square": 10})))
-    assert "imbalance: 1.0x" in even.format() and "sampler balanced" not in even.format()
+    assert "balanced: every class has 8 train images" in even.format() and "imbalance" not in even.format()
+    assert "sampler balanced" not in even.format()
 
 
 @pytest.mark.slow
@@ -162,3 +163,14 @@ def test_two_ddp_processes_train_on_balanced_classes(tmp_path):
 def test_sampler_option_is_listed_in_the_data_help():
     result = vitkit("fit", "--data.help", "ClassFolderDataModule")
     assert "--data.sampler" in result.stdout and "Literal['none', 'balanced']" in result.stdout
+
+
+@pytest.mark.slow
+def test_fit_on_a_15x_imbalanced_folder_suggests_balancing_once(tmp_path):
+    root = long_tailed_folder(tmp_path / "tail", {"circle": 38, "square": 3})
+    result = fit_quickstart(root, tmp_path / "runs", "--trainer.max_epochs", "1", "--trainer.logger", "false")
+    said = [line for line in result.stderr.splitlines() if "data is imbalanced" in line]
+    assert len(said) == 1 and "circle vs square" in said[0] and "--data.sampler balanced" in said[0], said
+    quiet = fit_quickstart(root, tmp_path / "runs", "--trainer.max_epochs", "1", "--trainer.logger", "false",
+                           "--data.init_args.sampler", "balanced")  # fmt: skip
+    assert "data is imbalanced" not in quiet.stderr

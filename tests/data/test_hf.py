@@ -138,9 +138,9 @@ def test_bad_rows_are_named_before_training_and_the_scan_is_remembered(with_bad_
     assert data.datasets["train"].rows.tolist() == [0, 3]
     checked: list[object] = []
     monkeypatch.setattr(hf_rows, "check_image", lambda source: checked.append(source) or "never")
-    with pytest.raises(DataError, match=r"2 of 4 train images cannot be read") as err:
-        HFDatasetDataModule(str(with_bad_rows), **SMALL).setup("fit")
-    assert "train[1]: " in str(err.value) and "train[2]: " in str(err.value)
+    with pytest.raises(DataError, match=r"4 images \(2 of 4 train, 2 of 4 val\) cannot be read") as err:
+        HFDatasetDataModule(str(with_bad_rows), **SMALL).setup("fit")  # every split's bad rows at once
+    assert "train[1]: " in str(err.value) and "train[2]: " in str(err.value) and "validation[2]: " in str(err.value)
     assert checked == []  # the Arrow files did not change: the findings come from the cache
 
 

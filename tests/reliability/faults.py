@@ -60,3 +60,14 @@ class DyingWorkerData(ClassFolderDataModule):
         super().setup(stage)
         if "train" in self.datasets:
             self.datasets["train"] = _DiesInWorker(self.datasets["train"], index=0)
+
+
+class InterruptAt(L.Callback):
+    """Raise KeyboardInterrupt (as Ctrl-C does) at a training batch of an epoch."""
+
+    def __init__(self, epoch: int, batch: int = 0) -> None:
+        self.epoch, self.batch = epoch, batch
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, idx: int) -> None:
+        if trainer.current_epoch == self.epoch and idx == self.batch:
+            raise KeyboardInterrupt

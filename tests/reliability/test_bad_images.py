@@ -63,3 +63,34 @@ def test_fit_stops_with_one_clear_error_naming_the_files(folder_with_bad_files, 
     assert "vitkit: error:" in result.stderr and "truncated.jpg" in result.stderr and "notes.jpg" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "run").exists()  # a run that stopped before training leaves no empty run folder
+    # No run folder named (it was removed), and no resume hint: nothing was interrupted, nothing can be resumed.
+    assert "run folder" not in result.stderr + result.stdout and "resume" not in result.stderr + result.stdout
+
+
+@pytest.fixture
+def splits_with_bad_files(tmp_path):
+    """``train/`` and ``val/`` class folders, each split with its own unreadable files."""
+    root = tmp_path / "images"
+    for split, cls in (("train", "cat"), ("train", "dog"), ("val", "cat"), ("val", "dog")):
+        (root / split / cls).mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (40, 30), (40 * i, 90, 160)).save(root / split / cls / f"{i}.png")
+    (root / "train" / "cat" / "bad_train_1.jpg").write_bytes(b"")
+    (root / "train" / "dog" / "bad_train_2.jpg").write_text("not an image")
+    (root / "val" / "dog" / "bad_val.jpg").write_bytes(b"")
+    return root
+
+
+@pytest.mark.slow
+def test_fit_lists_the_bad_images_of_every_split_at_once(splits_with_bad_files, tmp_path):
+    result = fit_quickstart(splits_with_bad_files, tmp_path / "run", "--trainer.logger", "false", check=False)
+    assert result.returncode == 2, result.stderr
+    assert "3 images (2 of 8 train, 1 of 7 val) cannot be read" in result.stderr
+    for name in ("bad_train_1.jpg", "bad_train_2.jpg", "bad_val.jpg"):
+        assert name in result.stderr
+
+
+def test_setup_lists_every_split_in_one_error(splits_with_bad_files):
+    data = ClassFolderDataModule(splits_with_bad_files, num_workers=0, data_config={"input_size": (3, 16, 16)})
+    with pytest.raises(DataError, match=r"bad_train_1.jpg(.|\n)*bad_train_2.jpg(.|\n)*bad_val.jpg"):
+        data.setup("fit")

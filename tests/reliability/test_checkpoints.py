@@ -160,3 +160,32 @@ def test_a_fit_killed_mid_epoch_resumes_from_last_and_finishes_the_planned_epoch
     adam_steps = {float(state["step"]) for state in resumed["optimizer_states"][0]["state"].values()}
     assert adam_steps == {3.0 * steps_per_epoch}
     assert resumed["lr_schedulers"][0]["last_epoch"] == 3 * steps_per_epoch
+
+
+@pytest.fixture
+def not_checkpoints(trained_checkpoint, tmp_path) -> dict[str, Path]:
+    """What users give by mistake: the ONNX file `vitkit export` wrote and the run's config.yaml."""
+    pytest.importorskip("onnx")
+    onnx = tmp_path / "model.onnx"
+    vitkit("export", "--ckpt_path", trained_checkpoint, "--output", onnx)
+    return {"an ONNX model": onnx, "a YAML file": trained_checkpoint.parent.parent / "config.yaml"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("option", ["--ckpt_path", "--model.backbone.init_args.weights"])
+def test_a_file_that_is_no_checkpoint_is_named_with_what_it_is(not_checkpoints, shapes_root, tmp_path, option):
+    for kind, path in not_checkpoints.items():
+        result = vitkit("fit", "--config", "quickstart", *TINY_ARGS, "--data.root", shapes_root,
+                        "--trainer.default_root_dir", tmp_path / "runs", option, path, check=False)  # fmt: skip
+        assert result.returncode == 2, result.stderr
+        (line,) = [line for line in result.stderr.splitlines() if line.startswith("vitkit: error:")]
+        assert f"{path} is {kind}" in line and "mmap" not in line and "weights_only" not in line, line
+
+
+@pytest.mark.slow
+def test_starting_from_weights_says_what_was_loaded(trained_checkpoint, shapes_root, tmp_path):
+    result = vitkit("fit", "--config", "quickstart", *TINY_ARGS, "--data.root", shapes_root, "--trainer.logger",
+                    "false", "--trainer.default_root_dir", tmp_path / "runs", "--trainer.max_epochs", "1",
+                    "--model.backbone.init_args.weights", trained_checkpoint)  # fmt: skip
+    assert f"weights from {trained_checkpoint}: all 30 tensors of the encoder loaded" in result.stderr
+    assert "the head starts fresh" in result.stderr

@@ -72,4 +72,4 @@ def test_a_dataloader_worker_killed_mid_epoch_is_reported_with_what_to_do(tmp_pa
                             "--trainer.logger", "false", check=False)  # fmt: skip
     assert result.returncode == 1
     assert "vitkit: error: a DataLoader worker process died" in result.stderr
-    assert "--data.init_args.num_workers" in result.stderr and "Traceback" not in result.stderr
+    assert "--data.num_workers" in result.stderr and "Traceback" not in result.stderr

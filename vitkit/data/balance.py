@@ -1,4 +1,4 @@
-"""Class-balanced sampling of the training split (``--data.init_args.sampler balanced``)."""
+"""Class-balanced sampling of the training split (``--data.sampler balanced``)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,9 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DistributedSampler
 
 from vitkit.errors import DataError
+
+#: From this ratio of the largest to the smallest training class, check-data and fit suggest balancing.
+IMBALANCED = 3.0
 
 
 def balanced_weights(targets: np.ndarray) -> np.ndarray:
@@ -71,6 +74,32 @@ def warn_if_corrected_twice(sampler: str | None, task: object) -> None:
     else:
         return
     rank_zero_warn(
-        f"vitkit: --data.init_args.sampler balanced and {weighting} both correct the class imbalance, so rare "
+        f"vitkit: --data.sampler balanced and {weighting} both correct the class imbalance, so rare "
         "classes are favoured twice (squared); choose one of them."
     )
+
+
+def balancing_advice(ratio: float, kind: str = "class") -> str | None:
+    """What to do about a largest/smallest training count ``ratio`` above :data:`IMBALANCED`, else None."""
+    if ratio <= IMBALANCED:
+        return None
+    fix = ("--data.sampler balanced, or --model.task.init_args.class_weights auto" if kind == "class"
+           else "--data.sampler balanced, or --model.task.init_args.pos_weight true")  # fmt: skip
+    plural = "classes" if kind == "class" else f"{kind}s"
+    return f"rare {plural} may never be predicted; balance the training: {fix}"
+
+
+def imbalance_of(targets: np.ndarray, names: list[str]) -> tuple[float, str, str] | None:
+    """``(ratio, largest, smallest)`` of the training counts per class (class indices) or per label (0/1 label
+    vectors); None for regression targets or fewer than 2 classes."""
+    targets = np.asarray(targets)
+    if targets.ndim == 1 and targets.dtype.kind in "iu":
+        counts = np.bincount(targets, minlength=len(names))
+    elif targets.ndim == 2 and np.isin(targets, (0.0, 1.0)).all():
+        counts = targets.sum(axis=0)
+    else:
+        return None
+    if len(counts) < 2 or len(counts) != len(names):
+        return None
+    largest, smallest = int(np.argmax(counts)), int(np.argmin(counts))
+    return float(counts[largest]) / max(float(counts[smallest]), 1.0), names[largest], names[smallest]

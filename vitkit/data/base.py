@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
+import numpy as np
 import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset
 
-from vitkit.data.balance import BalancedSampler
+from vitkit.data.balance import BalancedSampler, balancing_advice, imbalance_of
 from vitkit.data.images import UNLABELLED, ImageDataset, Sample, find_unreadable, list_images
 from vitkit.errors import DataError
 from vitkit.tasks import LabelStats
@@ -79,6 +82,8 @@ class ImageDataModule(L.LightningDataModule):
         self.on_bad_image = on_bad_image
         self.scan_cache = scan_cache
         self.datasets: dict[str, Dataset] = {}
+        #: ``{split: (images, {name: reason})}`` while :meth:`listing_bad_images` gathers every split's findings.
+        self._bad_images: dict[str, tuple[int, dict[str, str]]] | None = None
 
     @property
     def num_outputs(self) -> int | None:
@@ -140,7 +145,7 @@ class ImageDataModule(L.LightningDataModule):
 
     def split_hint(self, split: str) -> str:
         """What to do to give this data a ``split`` (see :meth:`require_split`)."""
-        return "give labelled data, e.g. --data.class_path vitkit.ClassFolderDataModule --data.init_args.root DIR."
+        return "give labelled data, e.g. --data.class_path vitkit.ClassFolderDataModule --data.root DIR."
 
     def resolved_data_config(self) -> dict[str, Any]:
         """The timm data config used for transforms: explicit, else the attached model's, else timm's default."""
@@ -174,11 +179,40 @@ class ImageDataModule(L.LightningDataModule):
 
     def setup(self, stage: str) -> None:
         wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("predict",)}[stage]
-        for split in wanted:
-            samples = self.samples(split)
-            if samples is not None:
-                samples = self._readable(split, samples)
-                self.datasets[split] = ImageDataset(samples, self.transform(train=split == "train"))
+        with self.listing_bad_images():
+            for split in wanted:
+                samples = self.samples(split)
+                if samples is not None:
+                    samples = self._readable(split, samples)
+                    self.datasets[split] = ImageDataset(samples, self.transform(train=split == "train"))
+        if stage == "fit":
+            self._suggest_balancing()
+
+    def _suggest_balancing(self) -> None:
+        """Say once, as ``check-data`` does, when the training classes are far apart in size and nothing balances
+        them (no ``sampler balanced``, no class weights in the task)."""
+        targets = getattr(getattr(self.datasets.get("train"), "samples", None), "targets", None)
+        task = getattr(self.trainer.lightning_module, "task", None) if self.trainer is not None else None
+        weighted = getattr(task, "class_weights", None) is not None or getattr(task, "use_pos_weight", False)
+        found = imbalance_of(targets, self.class_names) if targets is not None and self.class_names else None
+        if found is None or self.sampler == "balanced" or weighted:
+            return
+        ratio, largest, smallest = found
+        advice = balancing_advice(ratio, "class" if np.asarray(targets).ndim == 1 else "label")
+        if advice:
+            rank_zero_warn(f"the training data is imbalanced ({ratio:.1f}x: {largest} vs {smallest}): {advice}")
+
+    @contextmanager
+    def listing_bad_images(self) -> Iterator[None]:
+        """Within it, the unreadable images of every split scanned are gathered; with ``on_bad_image=error`` one
+        error lists them all at the end (train and val at once, not one split per run)."""
+        self._bad_images = {}
+        try:
+            yield
+        finally:
+            found, self._bad_images = self._bad_images, None
+        if found:
+            raise DataError(_unreadable_message(found))
 
     def _readable(self, split: str, samples: list[Sample]) -> list[Sample]:
         """Decode every image once, before any DataLoader worker does; apply ``on_bad_image`` to failures.
@@ -209,12 +243,10 @@ class ImageDataModule(L.LightningDataModule):
     def _unreadable_found(self, split: str, total: int, bad: dict[str, str]) -> None:
         """Apply ``on_bad_image``: stop with every unreadable sample named, or warn how many are left out."""
         if self.on_bad_image == "error":
-            listed = "\n  ".join(f"{name}: {reason}" for name, reason in list(bad.items())[:50])
-            more = f"\n  ... and {len(bad) - 50} more" if len(bad) > 50 else ""
-            raise DataError(
-                f"{len(bad)} of {total} {split} images cannot be read:\n  {listed}{more}\n"
-                "Fix or remove them, or leave them out with --data.init_args.on_bad_image skip."
-            )
+            if self._bad_images is None:
+                raise DataError(_unreadable_message({split: (total, bad)}))
+            self._bad_images[split] = (total, bad)
+            return
         rank_zero_warn(f"skipped {len(bad)} of {total} {split} images that cannot be read (on_bad_image=skip)")
 
     def _loader(self, split: str, shuffle: bool = False) -> DataLoader:
@@ -263,6 +295,19 @@ class ImageDataModule(L.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader("predict")
+
+
+def _unreadable_message(found: dict[str, tuple[int, dict[str, str]]]) -> str:
+    """Every split's unreadable images (the first 50 named, with their reasons) and what to do."""
+    counts = [f"{len(bad)} of {total} {split}" for split, (total, bad) in found.items()]
+    everything = [(name, reason) for _, bad in found.values() for name, reason in bad.items()]
+    head = f"{counts[0]} images" if len(counts) == 1 else f"{len(everything)} images ({', '.join(counts)})"
+    listed = "\n  ".join(f"{name}: {reason}" for name, reason in everything[:50])
+    more = f"\n  ... and {len(everything) - 50} more" if len(everything) > 50 else ""
+    return (
+        f"{head} cannot be read:\n  {listed}{more}\n"
+        "Fix or remove them, or leave them out with --data.on_bad_image skip."
+    )
 
 
 def _cpus() -> int:

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vitkit.data.balance import balancing_advice
 from vitkit.data.base import ImageDataModule
 from vitkit.data.images import ImageInfo, scan_images
 from vitkit.errors import DataError
@@ -107,24 +108,18 @@ def _per_output(names: list[str], targets: dict[str, list[Any]]) -> list[str]:
     return _table(["target: mean ± std [min, max]", *splits], rows)
 
 
-#: From this ratio of the largest to the smallest training class, check-data suggests balancing.
-IMBALANCED = 3.0
-
-
 def imbalance(counts: dict[str, int], kind: str) -> list[str]:
     """A line with the largest/smallest training count ratio, and what to do about it when it is large."""
     if len(counts) < 2:
         return []
     largest, smallest = max(counts, key=counts.get), min(counts, key=counts.get)
+    if counts[largest] == counts[smallest]:
+        return ["", f"balanced: every {kind} has {counts[largest]} train images"]
     ratio = counts[largest] / max(counts[smallest], 1)
     lines = ["", f"imbalance: {ratio:.1f}x ({kind} {largest} {counts[largest]}, {kind} {smallest} {counts[smallest]} "
              "train images)"]  # fmt: skip
-    if ratio > IMBALANCED:
-        fix = ("--data.init_args.sampler balanced, or --model.task.init_args.class_weights auto" if kind == "class"
-               else "--data.init_args.sampler balanced, or --model.task.init_args.pos_weight true")  # fmt: skip
-        plural = "classes" if kind == "class" else f"{kind}s"
-        lines.append(f"  rare {plural} may never be predicted; balance the training: {fix}")
-    return lines
+    advice = balancing_advice(ratio, kind)
+    return [*lines, f"  {advice}"] if advice else lines
 
 
 def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
@@ -168,7 +163,7 @@ def check_data_main(args: list[str]) -> int:
         "Scan a dataset as `vitkit fit` would (folders or manifest rows, then every image decoded) and print images "
         "per split and class, image sizes and modes, and every unreadable file with its reason. Exits 1 if any image "
         "cannot be read. Examples: `vitkit check-data --data.root my_images`, "
-        "`vitkit check-data --config multilabel --data.init_args.csv labels.csv`.",
+        "`vitkit check-data --config multilabel --data.csv labels.csv`.",
     )
     parser.add_argument("--workers", type=int | None, default=None, help="Decoding threads (default: all cores).")
     config, data = parse_data_command(parser, args)

@@ -164,18 +164,21 @@ class HFDatasetDataModule(ImageDataModule):
         return f"Hugging Face dataset {self.path}"
 
     def split_hint(self, split: str) -> str:
-        return f"name the dataset's {split} split with --data.init_args.{split}_split NAME."
+        return f"name the dataset's {split} split with --data.{split}_split NAME."
 
     def setup(self, stage: str) -> None:
         if stage == "predict" and self.predict_root is not None and self.predict_split is None:
             return super().setup(stage)
-        for split in _STAGES[stage]:
-            source = split
-            if split == "predict":
-                source = self.predict_split or ("test" if self.split_names["test"] else "val")
-            dataset = self._stream(source, split) if self.streaming else self._table(source, split)
-            if dataset is not None:
-                self.datasets[split] = dataset
+        with self.listing_bad_images():
+            for split in _STAGES[stage]:
+                source = split
+                if split == "predict":
+                    source = self.predict_split or ("test" if self.split_names["test"] else "val")
+                dataset = self._stream(source, split) if self.streaming else self._table(source, split)
+                if dataset is not None:
+                    self.datasets[split] = dataset
+        if stage == "fit":
+            self._suggest_balancing()
 
     def _table(self, source: str, split: str) -> Dataset | None:
         entry = self._rows[source]
@@ -205,7 +208,7 @@ class HFDatasetDataModule(ImageDataModule):
 
         stream = self._split_table(source)
         if stream is None:
-            raise DataError(f"{self.path}: streaming needs a '{source}' split; give --data.init_args.{source}_split.")
+            raise DataError(f"{self.path}: streaming needs a '{source}' split; give --data.{source}_split.")
         world, rank = self._world()
         train = split == "train"
         if train:
@@ -227,9 +230,7 @@ class HFDatasetDataModule(ImageDataModule):
             info = splits.get(self.split_names[source])
             total = getattr(info, "num_examples", None)
         if not total:
-            raise DataError(
-                f"{self.path}: the streamed train split's size is unknown; give --data.init_args.samples_per_epoch."
-            )
+            raise DataError(f"{self.path}: the streamed train split's size is unknown; give --data.samples_per_epoch.")
         workers = max(1, self._stream_workers)
         batches = total // (world * workers * self.batch_size)
         if batches < 1:

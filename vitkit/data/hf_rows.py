@@ -47,7 +47,7 @@ class LabelCoder:
         if missing:
             raise DataError(
                 f"{where}: no column {', '.join(missing)}; it has {', '.join(features)}. "
-                "Set --data.init_args.image_column / label_column."
+                "Set --data.image_column / label_column."
             )
         kinds = [features[c] for c in columns]
         if len(columns) == 1 and isinstance(kinds[0], ClassLabel):

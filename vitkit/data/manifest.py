@@ -155,7 +155,7 @@ class ManifestDataModule(ImageDataModule):
 
     def _read(self) -> tuple[list[tuple[int, dict[str, str]]], list[str]]:
         if not self.csv.is_file():
-            raise DataError(f"manifest not found: {self.csv} (set --data.init_args.csv to your CSV file).")
+            raise DataError(f"manifest not found: {self.csv} (set --data.csv to your CSV file).")
         with self.csv.open(newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)
             header = [h.strip() for h in reader.fieldnames or []]

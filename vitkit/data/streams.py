@@ -68,7 +68,7 @@ class StreamDecoder:
             if self.on_bad_image == "error":
                 raise DataError(
                     f"sample {key} of {where or self.source} cannot be read: {reason}. Fix or remove it, or leave such "
-                    "samples out with --data.init_args.on_bad_image skip."
+                    "samples out with --data.on_bad_image skip."
                 ) from err
             log.warning("skipped sample %s of %s (on_bad_image=skip): %s", key, where or self.source, reason)
             return None

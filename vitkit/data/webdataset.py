@@ -80,7 +80,7 @@ class WebDatasetDataModule(ImageDataModule):
             if self.urls["train"]:
                 raise DataError(
                     f"no class names for {self.urls['train'][0]}: put classes.txt (one name per line) next to the "
-                    "shards or give --data.init_args.class_names."
+                    "shards or give --data.class_names."
                 )
             return None
         return [line.strip() for line in text.splitlines() if line.strip()]
@@ -98,7 +98,7 @@ class WebDatasetDataModule(ImageDataModule):
         return f"WebDataset shards {first}"
 
     def split_hint(self, split: str) -> str:
-        return f"give its shards with --data.init_args.{split} 'shards/{split}-{{000000..000009}}.tar' (vitkit shard)."
+        return f"give its shards with --data.{split} 'shards/{split}-{{000000..000009}}.tar' (vitkit shard)."
 
     def setup(self, stage: str) -> None:
         if stage == "predict" and self.predict_root is not None and self.predict_split is None:
@@ -176,7 +176,7 @@ class WebDatasetDataModule(ImageDataModule):
         if not all(slots):
             raise DataError(
                 f"{len(urls)} train shards cannot feed {world} process(es) x {workers} worker(s): write at least "
-                f"{world * workers} shards (vitkit shard --maxcount N) or lower --data.init_args.num_workers."
+                f"{world * workers} shards (vitkit shard --maxcount N) or lower --data.num_workers."
             )
         if self.samples_per_epoch is not None:
             batches = self.samples_per_epoch // (world * workers * self.batch_size)
@@ -186,7 +186,7 @@ class WebDatasetDataModule(ImageDataModule):
         if batches < 1:
             raise DataError(
                 f"the train shards are too small for batches of {self.batch_size} on {world} process(es) x "
-                f"{workers} worker(s): lower --data.init_args.batch_size or num_workers."
+                f"{workers} worker(s): lower --data.batch_size or num_workers."
             )
         return batches
 
@@ -201,7 +201,7 @@ class WebDatasetDataModule(ImageDataModule):
             elif required:
                 raise DataError(
                     f"the number of samples in {url} is unknown: put sizes.json ({{shard name: samples}}) next to "
-                    "the shards, or give --data.init_args.samples_per_epoch."
+                    "the shards, or give --data.samples_per_epoch."
                 )
             else:
                 return None

@@ -92,6 +92,10 @@ class PretrainModule(L.LightningModule):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.backbone(images)
 
+    def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> torch.Tensor:
+        """The encoder's pooled features of a batch's images (``vitkit embed --ckpt_path PRETRAIN.ckpt``)."""
+        return self(batch[0] if isinstance(batch, (list, tuple)) else batch)
+
     def log_loss(self, loss: torch.Tensor, batch_size: int) -> None:
         """``train/loss`` of each step (this process) and ``train/loss_epoch``, the mean over all processes."""
         self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)

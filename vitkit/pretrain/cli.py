@@ -65,6 +65,11 @@ class PretrainCLI(VitkitCLI):
                 "data": {"class_path": "vitkit.UnlabelledDataModule"},
             }
         )
+        if self.checkpoint_class_path and "embed" in self.subcommands():  # its method and data are the defaults
+            model = {"class_path": self.checkpoint_class_path, "init_args": self.checkpoint_hparams}
+            parser.set_defaults({"model": model})
+            if self.checkpoint_info.get("data"):
+                parser.set_defaults({"data": self.checkpoint_info["data"]})
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand]
@@ -76,7 +81,8 @@ class PretrainCLI(VitkitCLI):
         super().before_instantiate_classes()
 
     def after_instantiate_classes(self) -> None:
-        if hasattr(self.datamodule, "splits"):  # a wrong or empty folder stops here, before a run folder is used
+        # A wrong or empty folder stops here, before a run folder is used (embed reads only its predict_root).
+        if self.subcommand == "fit" and hasattr(self.datamodule, "splits"):
             self.datamodule.splits  # noqa: B018 (cached: the run reads the same scan)
         # The method's own config (its class_path and init_args, backbone and teacher included), so checkpoints
         # record how to rebuild it; the module itself keeps no live objects in its hyperparameters.
@@ -113,3 +119,22 @@ def pretrain_main(args: list[str], from_command_line: bool) -> None:
         parser_kwargs={"fit": {"description": DESCRIPTION}},
         save_config_kwargs={"overwrite": True},
     )
+
+
+class PretrainEmbedCLI(PretrainCLI):
+    """``vitkit embed --ckpt_path PRETRAIN.ckpt``: the pooled features of a pretrained encoder, as ``vitkit embed``
+    writes them for a fitted model (the method and its data are the checkpoint's; ``--data.predict_root DIR``)."""
+
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        return {"embed": VitkitCLI.subcommands()["embed"]}
+
+
+def pretrain_embed_main(argv: list[str]) -> None:
+    """Run ``vitkit embed ARGS`` (``argv`` with the word ``embed``) on a pretraining checkpoint."""
+    from vitkit.pretrain.base import PretrainModule
+
+    warnings.filterwarnings("ignore", message=r"LightningCLI's args parameter")  # args: resolved recipes, last/best
+    PretrainEmbedCLI(PretrainModule, ImageDataModule, trainer_class=VitkitTrainer, parser_class=VitkitArgumentParser,
+                     subclass_mode_model=True, subclass_mode_data=True, args=argv, save_config_callback=None,
+                     seed_everything_default=0)  # fmt: skip
