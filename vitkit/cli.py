@@ -28,7 +28,7 @@ from vitkit.callbacks import ProgressBar as VitkitProgressBar
 from vitkit.checkpoints import AtomicCheckpointIO, RunInfo, is_pretraining_checkpoint, read_checkpoint
 from vitkit.data.base import ImageDataModule
 from vitkit.errors import DataError, VitkitError, concise_parse_error
-from vitkit.loggers import configure_loggers
+from vitkit.loggers import configure_loggers, finish_logger_runs
 from vitkit.module import TransferModule
 from vitkit.resume import check_resumable
 from vitkit.runs import best_checkpoint, discard_if_empty, find_checkpoint, is_launched_process, new_run_dir, run_dir_of
@@ -142,8 +142,11 @@ class VitkitCLI(LightningCLI):
             super().__init__(*args, **kwargs)
         except BaseException:
             if getattr(self, "subcommand", None) in ("fit", "tune") and self.run_dir and not is_launched_process():
-                # A run that never started leaves no empty version_N behind (nor a failed tune its config alone).
-                discard_if_empty(self.run_dir, ignore=("config.yaml",) if self.subcommand == "tune" else ())
+                # A run that never started leaves no empty version_N behind (nor a failed tune its config alone,
+                # nor a fit that stopped before its first checkpoint the logger's files alone).
+                finish_logger_runs(getattr(self, "trainer", None))
+                discard_if_empty(self.run_dir, ignore=("config.yaml",) if self.subcommand == "tune" else (),
+                                 logger_files=self.subcommand == "fit")  # fmt: skip
             raise
 
     @staticmethod
@@ -417,7 +420,8 @@ _QUIETED = ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities
 #: Lightning's lines about its own bookkeeping: the steps estimate, and checkpoint restores that read as a restart at
 #: the end of fit (the report scores the best checkpoint); vitkit says which checkpoint a command uses itself.
 _LIGHTNING_NOISE = ("Loading `train_dataloader` to estimate", "Restoring states from the checkpoint path",
-                    "Loaded model weights from the checkpoint at")  # fmt: skip
+                    "Loaded model weights from the checkpoint at", "Restored all states from the checkpoint",
+                    "TPU available:", "HPU available:", "`Trainer.fit` stopped: `max_epochs")  # fmt: skip
 
 
 def _one_line_warning(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> str:

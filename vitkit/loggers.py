@@ -107,6 +107,17 @@ def _online_blocker(timeout: float) -> str | None:
     return None
 
 
+def finish_logger_runs(trainer: Any) -> None:
+    """End the W&B runs of ``trainer``'s loggers (a failed start: their files are about to be discarded), quietly."""
+    for logger in getattr(trainer, "loggers", None) or []:
+        run = getattr(logger, "_experiment", None)  # only a run that was started: never start one here
+        if isinstance(logger, _LightningWandbLogger) and run is not None:
+            import wandb
+
+            run.finish(exit_code=1)
+            wandb.teardown(exit_code=1)  # the service writes its last files now, not after they are discarded
+
+
 def configure_loggers(
     config: Any, folder: Path, wandb_id: str | None = None, name: str | None = None, default_on: bool = True
 ) -> Any:

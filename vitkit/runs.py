@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 from pathlib import Path
 
 from vitkit.errors import VitkitError
@@ -118,15 +119,24 @@ def best_checkpoint(last: Path) -> Path:
     return bests[-1]
 
 
-def discard_if_empty(run: Path, ignore: tuple[str, ...] = ()) -> None:
+#: Folders of a run that its logger fills from the start (W&B, CSV, TensorBoard): worth nothing without a checkpoint.
+LOGGER_FOLDERS = ("wandb", "lightning_logs", "csv", "tensorboard")
+
+
+def discard_if_empty(run: Path, ignore: tuple[str, ...] = (), logger_files: bool = False) -> None:
     """Remove a run folder that a failed start left without any file (but those named in ``ignore``, directly in
-    it), and the folders above it that it emptied."""
-    if not run.is_dir() or any(p.is_file() and (p.parent != run or p.name not in ignore) for p in run.rglob("*")):
+    it; with ``logger_files``, also the logger folders and files of a run that saved no checkpoint), and the folders
+    above it that it emptied."""
+    if not run.is_dir():
         return
-    for name in ignore:
-        (run / name).unlink(missing_ok=True)
-    for folder in sorted(run.rglob("*"), key=lambda p: len(p.parts), reverse=True):
-        folder.rmdir()
-    for folder in (run, run.parent, run.parent.parent):  # version_N, runs/<recipe>, runs
+    skip: set[str] = set()
+    if logger_files and not any(run.rglob("*.ckpt")):
+        skip, ignore = set(LOGGER_FOLDERS), (*ignore, "metrics.csv", "hparams.yaml")
+    for path in run.rglob("*"):
+        parts = path.relative_to(run).parts
+        if path.is_file() and parts[0] not in skip and not (len(parts) == 1 and path.name in ignore):
+            return
+    shutil.rmtree(run, ignore_errors=True)
+    for folder in (run.parent, run.parent.parent):  # runs/<recipe>, runs
         if folder.name and folder.resolve() != Path.cwd() and folder.is_dir() and not any(folder.iterdir()):
             folder.rmdir()

@@ -57,8 +57,10 @@ def test_on_bad_image_is_checked():
 
 
 @pytest.mark.slow
-def test_fit_stops_with_one_clear_error_naming_the_files(folder_with_bad_files, tmp_path):
-    result = fit_quickstart(folder_with_bad_files, tmp_path / "run", "--trainer.logger", "false", check=False)
+@pytest.mark.parametrize("logger", [["--trainer.logger", "false"], []], ids=["no logger", "W&B offline"])
+def test_fit_stops_with_one_clear_error_naming_the_files(folder_with_bad_files, tmp_path, logger):
+    # With the recipe's W&B logger, the offline run it had started goes too (its folder was all that was left).
+    result = fit_quickstart(folder_with_bad_files, tmp_path / "run", *logger, check=False)
     assert result.returncode == 2
     assert "vitkit: error:" in result.stderr and "truncated.jpg" in result.stderr and "notes.jpg" in result.stderr
     assert "Traceback" not in result.stderr
