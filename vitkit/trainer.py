@@ -79,11 +79,17 @@ class VitkitTrainer(L.Trainer):
                     bar.disable()
                 try:
                     written = report_after_fit(self, model, datamodule)
+                except KeyboardInterrupt:  # training and its checkpoints are complete: nothing to resume
+                    summary += (
+                        "\ninterrupted during the end-of-fit report (training had finished): write it with "
+                        "vitkit report --ckpt_path best"
+                    )
+                    raise SystemExit(130) from None
                 finally:
                     if bar is not None:
                         bar.enable()
         except BaseException as err:  # Ctrl-C and SIGTERM, which Lightning ends with SystemExit, or an error
-            if self.is_global_zero and announce.said:  # an error before the start is the error alone
+            if self.is_global_zero and announce.said and summary is None:  # an error before the start: the error
                 summary = self._fit_summary(interrupted=isinstance(err, (KeyboardInterrupt, SystemExit)))
             raise
         finally:
