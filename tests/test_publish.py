@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 
 import pytest
 import timm
@@ -110,3 +111,13 @@ def test_push_offline_is_one_line_after_writing_the_folder(linear_run, tmp_path)
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     (line,) = [x for x in result.stderr.splitlines() if x.startswith("vitkit: error:")]
     assert "--push_to someone/shapes-vit" in line and (tmp_path / "pub" / "model.safetensors").is_file()
+
+
+def test_published_files_are_as_readable_as_the_umask_says(tmp_path):
+    mask = os.umask(0o022)
+    try:
+        folder = publish_model(calibrated_model("classification"), tmp_path / "m")
+    finally:
+        os.umask(mask)
+    modes = {path.name: path.stat().st_mode & 0o777 for path in folder.iterdir()}
+    assert modes["model.safetensors"] == 0o644 and set(modes.values()) == {0o644}, modes  # safetensors wrote 0600

@@ -12,6 +12,7 @@ predict`` writes. timm's ViT has a single linear classifier, so the head must be
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +103,11 @@ def publish_model(model: nn.Module, output: str | Path, ckpt_path: str | Path | 
     (output / "config.json").write_text(json.dumps(hub_config, indent=2) + "\n")
     card = model_card(model, hub_config, ckpt_path)
     (output / "README.md").write_text(card)
+    mask = os.umask(0o022)  # reading the umask means setting it: set straight back
+    os.umask(mask)
+    for path in output.iterdir():  # safetensors writes model.safetensors private (0600); a folder to share is not
+        if path.is_file():
+            os.chmod(path, 0o666 & ~mask)
     return output
 
 
