@@ -46,7 +46,9 @@ def test_gpu_recipe_runs_with_hub_weights_and_their_data_settings(recipe, data, 
     checkpoint = torch.load(last, map_location="cpu", weights_only=True)
     assert checkpoint["global_step"] == 2
     assert checkpoint["hyper_parameters"]["backbone"]["init_args"]["model_name"] == MODEL
-    # The transforms followed the weights' pretrained config (augreg: mean/std 0.5, bicubic, crop 0.9), not ImageNet's.
+    # The transforms followed the weights' pretrained config (augreg: mean/std 0.5, bicubic), not ImageNet's; the
+    # evaluation sees the whole image (Backbone eval_crop "whole", the default), not the config's 0.9 centre crop.
     config = checkpoint["vitkit"]["data_config"]
     assert (config["mean"], config["std"]) == ([0.5] * 3, [0.5] * 3)
-    assert (config["interpolation"], config["crop_pct"], config["input_size"]) == ("bicubic", 0.9, [3, 224, 224])
+    assert (config["interpolation"], config["input_size"]) == ("bicubic", [3, 224, 224])
+    assert (config["crop_pct"], config["crop_mode"]) == (1.0, "squash")
