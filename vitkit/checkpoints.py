@@ -89,7 +89,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 torch.save(checkpoint, f)
                 f.flush()
                 os.fsync(f.fileno())
-            os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes it private (0600); a checkpoint is not
+            os.chmod(temporary, 0o666 & ~current_umask())  # mkstemp makes it private (0600); a checkpoint is not
             os.replace(temporary, path)
         except BaseException:
             Path(temporary).unlink(missing_ok=True)
@@ -118,7 +118,7 @@ def remove_partial_saves(folder: str | Path) -> list[Path]:
     return removed
 
 
-def _umask() -> int:
+def current_umask() -> int:
     """The process's umask (reading it means setting it; set straight back)."""
     mask = os.umask(0o022)
     os.umask(mask)

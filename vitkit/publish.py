@@ -84,6 +84,8 @@ def publish_model(model: nn.Module, output: str | Path, ckpt_path: str | Path | 
     with a model card drawn from its checkpoint's run folder (recipe, report); return the folder."""
     from timm.models import save_for_hf
 
+    from vitkit.checkpoints import current_umask
+
     output = Path(output)
     model = model.float().eval().cpu()
     created = timm_model(model)
@@ -103,8 +105,7 @@ def publish_model(model: nn.Module, output: str | Path, ckpt_path: str | Path | 
     (output / "config.json").write_text(json.dumps(hub_config, indent=2) + "\n")
     card = model_card(model, hub_config, ckpt_path)
     (output / "README.md").write_text(card)
-    mask = os.umask(0o022)  # reading the umask means setting it: set straight back
-    os.umask(mask)
+    mask = current_umask()
     for path in output.iterdir():  # safetensors writes model.safetensors private (0600); a folder to share is not
         if path.is_file():
             os.chmod(path, 0o666 & ~mask)
